@@ -1,0 +1,37 @@
+"""Import ComfyUI's libraries in-process (tests, fixture builders) without a GPU or a server.
+
+ComfyUI picks its device when `comfy.model_management` is first imported, and only falls back
+to the CPU when `args.cpu` is set; `nodes.py` also puts `comfy/` first on sys.path, which hides
+the top-level `utils` package unless it was imported before. This module does both in order.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .paths import require_comfyui
+
+_booted = False
+
+
+def boot_comfy(cpu: bool | None = None) -> None:
+    """Make `import comfy...`, `nodes`, `folder_paths` work in this process."""
+    global _booted
+    if _booted:
+        return
+    root = str(require_comfyui())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
+
+    if cpu is None:
+        import torch
+
+        cpu = not torch.cuda.is_available()
+    args.cpu = bool(cpu)
+    import utils.extra_config  # noqa: F401  (must precede `nodes`, see module docstring)
+
+    _booted = True

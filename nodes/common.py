@@ -1,0 +1,4 @@
+"""Shared constants of the pack's nodes."""
+
+CATEGORY_ROOT = "textual_localization"
+DATASET_TYPE = "TL_DATASET"
