@@ -1,0 +1,187 @@
+"""Convert editor-format (UI) workflow files into the API prompts the server executes.
+
+Workflow files are kept in the editor's format because that is what artists load and share.
+The conversion follows the frontend's own rules, driven by the server's `/object_info`:
+widget values are matched to inputs in `input_order`; an INT input with
+`control_after_generate` (or named seed/noise_seed) carries one extra "control" value; a combo
+with an upload button carries one extra value; links are followed through Reroute nodes and
+PrimitiveNode values are inlined. Muted nodes are dropped; bypassed nodes pass their input
+of the same type straight through, as the editor does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "upload")
+SEED_NAMES = ("seed", "noise_seed")
+MODE_MUTED = 2
+MODE_BYPASS = 4
+VIRTUAL_NODES = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
+
+
+class WorkflowFormatError(ValueError):
+    """The workflow file cannot be converted (names the node and the problem)."""
+
+
+def load_workflow(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        workflow = json.load(f)
+    if "nodes" not in workflow or "links" not in workflow:
+        raise WorkflowFormatError(f"{path} is not an editor-format workflow (no 'nodes'/'links').")
+    return workflow
+
+
+def _input_type(spec: list[Any]) -> str:
+    kind = spec[0]
+    return "COMBO" if isinstance(kind, list) else str(kind)
+
+
+def _options(spec: list[Any]) -> dict[str, Any]:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def _is_widget(spec: list[Any]) -> bool:
+    return _input_type(spec) in WIDGET_TYPES and not _options(spec).get("forceInput", False)
+
+
+def _extra_widget_values(name: str, spec: list[Any]) -> int:
+    """How many hidden companion values the editor stores after this widget's value."""
+    kind, opts = _input_type(spec), _options(spec)
+    if kind in ("INT", "COMBO") and opts.get("control_after_generate",
+                                             kind == "INT" and name in SEED_NAMES):
+        return 1
+    if kind == "COMBO" and any(opts.get(flag) for flag in UPLOAD_FLAGS):
+        return 1
+    return 0
+
+
+def _ordered_inputs(info: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    order = info.get("input_order") or {k: list(v) for k, v in info.get("input", {}).items()}
+    specs: list[tuple[str, list[Any]]] = []
+    for group in ("required", "optional"):
+        group_specs = info.get("input", {}).get(group, {})
+        for name in order.get(group, []):
+            if name in group_specs:
+                specs.append((name, group_specs[name]))
+    return specs
+
+
+class _Graph:
+    def __init__(self, workflow: dict[str, Any]) -> None:
+        if workflow.get("definitions", {}).get("subgraphs"):
+            raise WorkflowFormatError("subgraphs are not supported by the converter; unpack them first.")
+        self.nodes = {int(n["id"]): n for n in workflow["nodes"]}
+        # link id -> (origin node, origin slot, target node, target slot, type)
+        self.links: dict[int, tuple[int, int, int, int, str]] = {}
+        for link in workflow["links"]:
+            if isinstance(link, dict):
+                link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"],
+                        link["target_slot"], link.get("type", "*")]
+            self.links[int(link[0])] = (int(link[1]), int(link[2]), int(link[3]), int(link[4]), str(link[5]))
+
+    def resolve(self, link_id: int) -> tuple[str, Any]:
+        """Follow a link to its real source: ("link", [node, slot]) or ("value", literal)."""
+        seen = set()
+        while True:
+            if link_id in seen:
+                raise WorkflowFormatError(f"link {link_id} forms a cycle through virtual nodes.")
+            seen.add(link_id)
+            origin, slot, _, _, link_type = self.links[link_id]
+            node = self.nodes[origin]
+            if node["type"] == "Reroute":
+                link_id = self._input_link(node, 0)
+                continue
+            if node["type"] == "PrimitiveNode":
+                return "value", node.get("widgets_values", [None])[0]
+            if node.get("mode") == MODE_BYPASS:
+                link_id = self._bypass_source(node, link_type)
+                continue
+            if node.get("mode") == MODE_MUTED:
+                raise WorkflowFormatError(f"node {origin} ({node['type']}) is muted but feeds another node.")
+            return "link", [str(origin), slot]
+
+    @staticmethod
+    def _input_link(node: dict[str, Any], index: int) -> int:
+        inputs = node.get("inputs") or []
+        if index >= len(inputs) or inputs[index].get("link") is None:
+            raise WorkflowFormatError(f"node {node['id']} ({node['type']}) has an unconnected input.")
+        return int(inputs[index]["link"])
+
+    def _bypass_source(self, node: dict[str, Any], link_type: str) -> int:
+        for inp in node.get("inputs") or []:
+            if inp.get("link") is not None and inp.get("type") == link_type:
+                return int(inp["link"])
+        raise WorkflowFormatError(
+            f"node {node['id']} ({node['type']}) is bypassed but has no {link_type} input to pass through.")
+
+
+def _widget_inputs(node: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """Match the node's stored widget values to its widget inputs, in the editor's order."""
+    specs = [(name, spec) for name, spec in _ordered_inputs(info) if _is_widget(spec)]
+    values = node.get("widgets_values") or []
+    if isinstance(values, dict):  # newer editors may store widget values by name
+        return {name: values[name] for name, _ in specs if name in values}
+    inputs: dict[str, Any] = {}
+    cursor = 0
+    for name, spec in specs:
+        if cursor >= len(values):
+            break
+        inputs[name] = values[cursor]
+        cursor += 1 + _extra_widget_values(name, spec)
+    return inputs
+
+
+def to_api_prompt(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """Build the API prompt {node_id: {class_type, inputs}} the editor's Queue button sends."""
+    graph = _Graph(workflow)
+    prompt: dict[str, Any] = {}
+    for node_id, node in sorted(graph.nodes.items()):
+        kind = node["type"]
+        if kind in VIRTUAL_NODES or node.get("mode") in (MODE_MUTED, MODE_BYPASS):
+            continue
+        info = object_info.get(kind)
+        if info is None:
+            raise WorkflowFormatError(f"node {node_id} uses '{kind}', which this server does not have "
+                                      "(a missing custom node pack?).")
+        inputs = _widget_inputs(node, info)
+        for inp in node.get("inputs") or []:
+            if inp.get("link") is None:
+                continue
+            _, source = graph.resolve(int(inp["link"]))
+            name = inp.get("widget", {}).get("name") or inp["name"]
+            inputs[name] = source
+        prompt[str(node_id)] = {"class_type": kind, "inputs": inputs,
+                                "_meta": {"title": node.get("title") or info.get("display_name", kind)}}
+    return prompt
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse `NODE_ID.INPUT=VALUE`; VALUE is JSON when it parses, else a plain string."""
+    target, sep, raw = text.partition("=")
+    node_id, dot, name = target.partition(".")
+    if not sep or not dot or not node_id or not name:
+        raise WorkflowFormatError(f"override '{text}' must look like NODE_ID.INPUT=VALUE, e.g. 3.steps=20")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return node_id, name, value
+
+
+def apply_overrides(prompt: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set input values of an API prompt; refuses unknown node ids so typos do not pass silently."""
+    for text in overrides:
+        node_id, name, value = parse_override(text)
+        if node_id not in prompt:
+            raise WorkflowFormatError(f"override '{text}': the workflow has no node {node_id} "
+                                      f"(nodes: {', '.join(sorted(prompt, key=int))}).")
+        prompt[node_id]["inputs"][name] = value
+    return prompt
+
+
+def nodes_of_type(prompt: dict[str, Any], class_type: str) -> list[str]:
+    return [nid for nid, node in prompt.items() if node["class_type"] == class_type]

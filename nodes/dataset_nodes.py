@@ -1,0 +1,213 @@
+"""Dataset nodes: load a multi-concept photo set and attach one concept (token + mask) to it.
+
+Thin adapters: reading, checks and mask work live in `textloc.dataset` / `textloc.masks`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..textloc.dataset import build_concept, load_dataset
+from ..textloc.masks import overlay
+from .common import CATEGORY_ROOT, DATASET_TYPE
+
+TLDataset = io.Custom(DATASET_TYPE)
+
+
+class LoadMultiConceptDataset(io.ComfyNode):
+    """Read photos and their per-concept masks from a folder under input/."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TL_LoadMultiConceptDataset",
+            display_name="Load Multi-Concept Dataset",
+            category=f"{CATEGORY_ROOT}/dataset",
+            description=(
+                "Loads photos that each show several objects, plus one segmentation mask per object "
+                "(mask_1, mask_2, ...). Photos and masks are resized and cropped together to a square, "
+                "so they stay aligned. Connect the dataset to one Mask Target per concept you want to learn."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "folder",
+                    options=folder_paths.get_input_subfolders(),
+                    tooltip=(
+                        "A sub-folder of ComfyUI's input/ folder. Layouts: NAME/resized/*.png with masks in "
+                        "NAME/mask_1/, NAME/mask_2/ (the paper's layout), or a flat folder with "
+                        "photo.png + photo_mask_1.png, photo_mask_2.png. Refresh the page after adding a folder."
+                    ),
+                ),
+                io.Int.Input(
+                    "resolution",
+                    default=512,
+                    min=64,
+                    max=2048,
+                    step=8,
+                    tooltip=(
+                        "Side of the square training images. The shorter side is resized to this, then the "
+                        "centre is cropped. 512 matches the paper (512x512 photos and masks, SD1.5). Use 768 "
+                        "or 1024 only for models trained at that size; larger needs more memory."
+                    ),
+                ),
+                io.Float.Input(
+                    "mask_threshold",
+                    default=0.5,
+                    min=0.01,
+                    max=0.99,
+                    step=0.01,
+                    tooltip=(
+                        "Mask pixels brighter than this count as the object, after resizing. 0.5 suits "
+                        "black/white masks (the paper's masks are binary). Lower it to keep more of a soft "
+                        "mask's edge, raise it to keep only its core."
+                    ),
+                ),
+            ],
+            outputs=[
+                TLDataset.Output(
+                    display_name="dataset",
+                    tooltip="Photos and folder masks for Mask Target (one Mask Target per concept).",
+                ),
+                io.Image.Output(
+                    display_name="images",
+                    tooltip="The resized, cropped photos [N,H,W,3], sorted by file name. Use this order for MASK inputs.",
+                ),
+                io.Mask.Output(
+                    display_name="masks",
+                    tooltip=(
+                        "All folder masks as one batch: every photo's mask_1, then every photo's mask_2, ... "
+                        "(all black when the folder has no masks)."
+                    ),
+                ),
+                io.Int.Output(
+                    display_name="mask_count",
+                    tooltip="How many masks each photo has (mask_1..mask_K); 0 when the folder has none.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, folder: str, resolution: int, mask_threshold: float) -> io.NodeOutput:
+        input_root = Path(folder_paths.get_input_directory())
+        dataset = load_dataset(input_root, folder, resolution=resolution, mask_threshold=mask_threshold)
+        return io.NodeOutput(dataset, dataset.images, dataset.folder_masks_batch(), dataset.num_folder_masks)
+
+
+class MaskTarget(io.ComfyNode):
+    """Name one concept of the dataset and pick the mask that supervises its attention."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TL_MaskTarget",
+            display_name="Mask Target",
+            category=f"{CATEGORY_ROOT}/dataset",
+            description=(
+                "Adds one concept to the dataset: a new token (used as embedding:TOKEN in prompts), its class "
+                "word, and the mask its cross-attention should match during training. Chain one Mask Target "
+                "per concept. The preview shows the mask over every photo."
+            ),
+            inputs=[
+                TLDataset.Input("dataset", tooltip="From Load Multi-Concept Dataset or another Mask Target."),
+                io.Int.Input(
+                    "mask_index",
+                    default=1,
+                    min=1,
+                    max=64,
+                    tooltip=(
+                        "Which folder mask marks this concept: 1 = mask_1, 2 = mask_2, ... In the paper's "
+                        "pairs the first-named object is mask_1. Ignored when a mask is connected."
+                    ),
+                ),
+                io.String.Input(
+                    "token",
+                    default="tl_concept",
+                    tooltip=(
+                        "Name of the new token: one word of letters, digits and underscores, starting with a "
+                        "letter (e.g. tl_doll). It becomes the embedding file name and embedding:tl_doll in prompts."
+                    ),
+                ),
+                io.String.Input(
+                    "class_word",
+                    default="object",
+                    tooltip=(
+                        "What the object is, in plain words (e.g. doll, robot toy). The paper trains with "
+                        "'photo of a <token> <class word>' and uses the class word alone for prior images. "
+                        "Set it for every concept."
+                    ),
+                ),
+                io.String.Input(
+                    "init_word",
+                    default="sks",
+                    tooltip=(
+                        "One existing word whose embedding starts the new token. The paper uses sks (a rare "
+                        "word). Keep it unless you have a reason, e.g. the class word for faster convergence."
+                    ),
+                ),
+                io.Int.Input(
+                    "grow",
+                    default=0,
+                    min=-64,
+                    max=64,
+                    tooltip=(
+                        "Pixels to grow (positive) or shrink (negative) the mask, at the dataset resolution. "
+                        "0 keeps it as drawn (the paper). Grow a little if the mask misses the object's edge."
+                    ),
+                ),
+                io.Int.Input(
+                    "feather",
+                    default=0,
+                    min=0,
+                    max=64,
+                    tooltip=(
+                        "Pixels of soft edge (Gaussian blur). 0 keeps a sharp edge (the paper's masks are "
+                        "binary). A few pixels forgive small mask errors."
+                    ),
+                ),
+                io.Mask.Input(
+                    "mask",
+                    optional=True,
+                    tooltip=(
+                        "Optional masks that replace mask_index: one per photo, in the dataset's IMAGE order "
+                        "(from the mask editor, a segmentation node, ...). White = object. At the dataset "
+                        "resolution, or at the photos' size when all photos share one size."
+                    ),
+                ),
+            ],
+            outputs=[
+                TLDataset.Output(display_name="dataset", tooltip="The dataset with this concept added."),
+                io.Image.Output(display_name="preview", tooltip="Photos with this concept's mask tinted and outlined."),
+                io.Mask.Output(display_name="mask", tooltip="This concept's masks after grow/feather, one per photo."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        dataset: object,
+        mask_index: int,
+        token: str,
+        class_word: str,
+        init_word: str,
+        grow: int,
+        feather: int,
+        mask: torch.Tensor | None = None,
+    ) -> io.NodeOutput:
+        concept = build_concept(
+            dataset,
+            token=token,
+            class_word=class_word,
+            init_word=init_word,
+            mask_index=mask_index,
+            grow_pixels=grow,
+            feather_pixels=feather,
+            mask=mask,
+        )
+        preview = overlay(dataset.images, concept.masks)
+        return io.NodeOutput(
+            dataset.with_concept(concept), preview, concept.masks, ui=ui.PreviewImage(preview, cls=cls)
+        )

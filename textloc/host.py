@@ -1,0 +1,81 @@
+"""The only door from textloc into ComfyUI: device choice, model loading, progress, events, folders.
+
+Imports of ComfyUI happen inside the functions, so the rest of textloc stays importable (and
+testable) without a ComfyUI installation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("textual_localization")
+
+
+def torch_device() -> torch.device:
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def load_for_training(model_patcher: Any) -> None:
+    """Load the (cloned) model fully onto the compute device, as ComfyUI's own trainer does."""
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model_patcher], memory_required=1e20, force_full_load=True)
+
+
+def load_models(patchers: list[Any]) -> None:
+    import comfy.model_management as mm
+
+    mm.load_models_gpu(patchers)
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel."""
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+
+
+def is_interrupt(error: BaseException) -> bool:
+    import comfy.model_management as mm
+
+    return isinstance(error, mm.InterruptProcessingException)
+
+
+def progress_bar(total: int, node_id: str | None = None) -> Any:
+    import comfy.utils
+
+    return comfy.utils.ProgressBar(total, node_id=node_id)
+
+
+def send_event(event: str, data: dict[str, Any]) -> None:
+    """Broadcast a websocket event to the browser (no-op when no server runs, e.g. in scripts)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return
+    instance = getattr(PromptServer, "instance", None)
+    if instance is not None:
+        instance.send_sync(event, data)
+
+
+def output_directory() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_output_directory())
+
+
+def input_directory() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_input_directory())
+
+
+def model_family(model_patcher: Any) -> str:
+    """Name of ComfyUI's detected model config (e.g. SD15, SD20, SDXL)."""
+    return type(model_patcher.model.model_config).__name__

@@ -1,0 +1,397 @@
+"""The Textual Localization training loop on a ComfyUI model (method notes §2-3).
+
+One UNet pass per step over [instance images ; class images of each concept]: the instance
+denoising loss, the class-prior loss and the identifier tokens' attention loss all come from it.
+Trainable: a delta on W_K/W_V (optionally W_Q) of every attn2 layer, attached as weight
+wrappers to a clone of the input model, and one embedding vector per concept fed through
+ComfyUI's own CLIP. The input model and CLIP keep their values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__, host
+from .attention import AttentionRecorder, CaptureSpec, first_rows, install_recorder
+from .config import TrainConfig, instance_prompt
+from .dataset import MultiConceptDataset, resize_and_center_crop
+from .errors import TLInputError
+from .grad_checkpointing import gradient_checkpointing
+from .heatmap import side_by_side, stack_rows
+from .kv_deltas import as_diff_patches, attach_deltas, delta_tensors
+from .losses import (
+    concepts_attention_loss,
+    default_resolutions,
+    instance_denoise_loss,
+    prepare_target_mask,
+    prior_loss,
+    token_attention_map,
+)
+from .run_files import RunFiles
+from .token_embedding import (
+    TrainableToken,
+    build_prompt_tokens,
+    encode,
+    make_autograd_safe,
+    trainable_text_encoder,
+)
+from .weights import (
+    build_metadata,
+    capture_rng,
+    kv_base_hash,
+    load_training_checkpoint,
+    restore_optimizer,
+    restore_rng,
+    save_embedding,
+    save_kv_deltas,
+    save_training_checkpoint,
+)
+
+NUM_TRAIN_TIMESTEPS = 1000
+EVENT_STEP = "textloc.train.step"
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where the last checkpoint is."""
+
+
+@dataclass
+class StepLosses:
+    step: int
+    total: float
+    denoise: float
+    prior: float
+    attention: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"step": self.step, "total": self.total, "denoise": self.denoise,
+                "prior": self.prior, "attention": self.attention}
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    clip: Any
+    run: RunFiles
+    kv_deltas: dict[str, torch.Tensor]
+    token_vectors: dict[str, dict[str, torch.Tensor]]
+    metadata: dict[str, str]
+    loss_history: list[dict[str, float]]
+    steps_done: int
+    attention_preview: torch.Tensor  # IMAGE [1, H, W, 3]: predicted map | target per concept
+    trigger_text: str
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class TrainingJob:
+    """Everything one run needs, gathered by the node."""
+
+    model: Any
+    clip: Any
+    vae: Any
+    dataset: MultiConceptDataset
+    config: TrainConfig
+    run: RunFiles
+    resume_from: Path | None = None
+    node_id: str | None = None
+    workflow: dict[str, Any] | None = None
+    on_step: Callable[[StepLosses], None] | None = None
+
+
+def _autocast(device: torch.device, precision: str) -> Any:
+    dtype = _compute_dtype(device, precision)
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """fp32 on the CPU (bf16 autocast there is several times slower); bf16, else fp16, on GPUs."""
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def _encode_images(vae: Any, images: torch.Tensor) -> torch.Tensor:
+    """VAE latents of IMAGE [N, H, W, 3] (no augmentation: the authors train with --noaug)."""
+    with torch.no_grad():
+        return vae.encode(images[..., :3]).float().clone()
+
+
+def _cycle(count: int, step: int, batch: int) -> list[int]:
+    """The authors' fixed order: sample i of step s is (s * batch + i) mod count."""
+    return [(step * batch + i) % count for i in range(batch)]
+
+
+def _preview_picture(preview: torch.Tensor) -> tuple[str, Image.Image, int]:
+    """The (format, image, max size) triple ComfyUI's progress hook sends to the browser."""
+    array = (preview[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+    return ("JPEG", Image.fromarray(array), 512)
+
+
+class _Trainer:
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+        dataset = job.dataset
+        self.concepts = list(dataset.concepts)
+        self.with_prior = job.config.prior_weight > 0 and all(
+            c.class_images is not None and len(c.class_images) > 0 for c in self.concepts)
+        self.config = job.config.resolved(len(self.concepts), self.with_prior, dataset.resolution)
+        self.config.validate()
+        self.device = host.torch_device()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.history: list[dict[str, float]] = []
+        self.start_step = 0
+
+    # --- set-up -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        job, cfg = self.job, self.config
+        self.patcher = job.model.clone()
+        projections = ("q", "k", "v") if cfg.train_q else ("k", "v")
+        self.deltas = attach_deltas(self.patcher, projections)
+        host.load_for_training(self.patcher)
+        make_autograd_safe(self.patcher.model)
+        self.base_model = self.patcher.model
+        self.base_hash = kv_base_hash({k: self._base_weight(k) for k in self.deltas})
+        self.tokens = {c.token: TrainableToken.from_clip(job.clip, c.token, c.init_word) for c in self.concepts}
+        self.instance_latents = _encode_images(job.vae, job.dataset.images).to(self.device)
+        self.class_latents = [
+            _encode_images(job.vae, resize_and_center_crop(c.class_images, job.dataset.resolution)).to(self.device)
+            for c in self.concepts] if self.with_prior else []
+        self.targets = [prepare_target_mask(c.masks, cfg.attention_size).to(self.device) for c in self.concepts]
+        self.prompt_text = instance_prompt(cfg, [(c.token, c.class_word) for c in self.concepts])
+        self.params: list[tuple[str, torch.nn.Parameter]] = [
+            (key, d.delta) for key, d in self.deltas.items()]
+        if cfg.train_token:
+            for tok in self.tokens.values():
+                self.params.extend(tok.named_parameters())
+        for _, p in self.params:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW([p for _, p in self.params], lr=cfg.learning_rate,
+                                           betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=_compute_dtype(self.device, cfg.precision) == torch.float16)
+
+    def _base_weight(self, key: str) -> torch.Tensor:
+        module_path = key[len("diffusion_model."):-len(".weight")]
+        return self.base_model.diffusion_model.get_submodule(module_path).weight
+
+    def resume(self, checkpoint_dir: Path) -> None:
+        ckpt = load_training_checkpoint(checkpoint_dir)
+        if set(ckpt.kv_deltas) != set(self.deltas):
+            raise TLInputError("resume", f"checkpoint {checkpoint_dir} holds weights for other layers.",
+                               "resume with the same model and settings, or turn resume off.")
+        with torch.no_grad():
+            for key, delta in self.deltas.items():
+                delta.delta.copy_(ckpt.kv_deltas[key].to(delta.delta))
+        for token, vectors in ckpt.token_vectors.items():
+            if token in self.tokens:
+                self.tokens[token].load_state(vectors)
+        restore_optimizer(self.optimizer, ckpt, [n for n, _ in self.params])
+        restore_rng(ckpt.rng, {"train": self.generator})
+        self.history = list(ckpt.loss_history)
+        self.start_step = ckpt.step
+
+    # --- conditioning -------------------------------------------------------------------
+    def _instance_condition(self) -> tuple[torch.Tensor, list[int]]:
+        prompt = build_prompt_tokens(self.job.clip, self.prompt_text, self.tokens)
+        cond, _ = encode(self.job.clip, prompt.tokens)
+        columns = [prompt.positions[c.token][0] for c in self.concepts]
+        return cond.to(self.device, torch.float32), columns
+
+    def _class_conditions(self) -> list[torch.Tensor]:
+        conds = []
+        with torch.no_grad():
+            for c in self.concepts:
+                tokens = self.job.clip.tokenize(c.class_word)
+                cond, _ = self.job.clip.encode_from_tokens(tokens, return_pooled=True)
+                conds.append(cond.to(self.device, torch.float32).clone())
+        return conds
+
+    # --- one step -----------------------------------------------------------------------
+    def _forward(self, patcher: Any, x0: torch.Tensor, context: torch.Tensor,
+                 sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for a batch, from ComfyUI's apply_model (which returns x0)."""
+        sampling = self.base_model.model_sampling
+        xt = sampling.noise_scaling(sigmas, noise, x0)
+        with _autocast(self.device, self.config.precision):
+            denoised = self.base_model.apply_model(
+                xt, sigmas, c_crossattn=context,
+                transformer_options=patcher.model_options["transformer_options"])
+        return (xt - denoised.float()) / sigmas.view(-1, 1, 1, 1)
+
+    def _discover_resolutions(self, context: torch.Tensor, columns: list[int]) -> None:
+        """One no-grad pass tells which map sizes this model/resolution has (every level but the finest)."""
+        recorder = AttentionRecorder(CaptureSpec(columns=torch.tensor([columns]), rows=first_rows(1)))
+        probe = self.patcher.clone()
+        install_recorder(probe, recorder)
+        recorder.begin_step()
+        with torch.no_grad():
+            sigma = self.base_model.model_sampling.sigma(torch.tensor([500.0])).to(self.device)
+            self._forward(probe, self.instance_latents[:1], context[:1], sigma,
+                          torch.zeros_like(self.instance_latents[:1]))
+        self.resolutions = default_resolutions(r.height for r in recorder.records())
+
+    def step(self, step: int, class_conds: list[torch.Tensor]) -> tuple[StepLosses, torch.Tensor]:
+        cfg = self.config
+        batch = cfg.batch_size
+        context_inst, columns = self._instance_condition()
+        inst_idx = _cycle(len(self.instance_latents), step, batch)
+        x0_parts = [self.instance_latents[inst_idx]]
+        ctx_parts = [context_inst.expand(batch, -1, -1)]
+        for latents, cond in zip(self.class_latents, class_conds, strict=False):
+            x0_parts.append(latents[_cycle(len(latents), step, batch)])
+            ctx_parts.append(cond.expand(batch, -1, -1))
+        x0 = self.base_model.process_latent_in(torch.cat(x0_parts))
+        context = torch.cat(ctx_parts)
+        timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(x0),), generator=self.generator)
+        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        sigmas = self.base_model.model_sampling.sigma(timesteps.float()).to(self.device)
+
+        use_attention = cfg.guidance != "none" and cfg.attention_weight > 0
+        self.recorder.spec.columns = torch.tensor([columns])
+        self.recorder.spec.rows = first_rows(batch)
+        self.recorder.spec.keep_graph = use_attention
+        self.recorder.begin_step()
+        eps = self._forward(self.patcher, x0, context, sigmas, noise)
+        l_denoise = instance_denoise_loss(eps[:batch], noise[:batch])
+        l_prior = prior_loss(eps[batch:], noise[batch:]) if self.with_prior else eps.new_zeros(())
+        maps = token_attention_map(self.recorder.records(), self.resolutions, cfg.attention_size)
+        targets = torch.stack([t[inst_idx] for t in self.targets], dim=1)
+        l_attention = concepts_attention_loss(maps, targets, cfg.guidance) if use_attention else eps.new_zeros(())
+        total = l_denoise + cfg.prior_weight * l_prior + cfg.attention_weight * l_attention
+        losses = StepLosses(step + 1, total.item(), l_denoise.item(), l_prior.item(), l_attention.item())
+        if not math.isfinite(losses.total):
+            return losses, maps
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for _, p in self.params], cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return losses, maps.detach()
+
+    # --- files --------------------------------------------------------------------------
+    def metadata(self, steps_done: int) -> dict[str, str]:
+        cfg = self.config
+        return build_metadata(
+            tokens=[c.token for c in self.concepts], class_words=[c.class_word for c in self.concepts],
+            init_words=[c.init_word for c in self.concepts], guidance=cfg.guidance,
+            attention_weight=cfg.attention_weight, prior_weight=cfg.prior_weight if self.with_prior else 0.0,
+            steps=steps_done, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+            resolution=self.job.dataset.resolution, seed=cfg.seed, prompt=self.prompt_text,
+            trained=["q", "k", "v"] if cfg.train_q else ["k", "v"], train_token=cfg.train_token,
+            base_model_family=host.model_family(self.job.model), base_hash=self.base_hash,
+            dataset=self.job.dataset.name, pack_version=__version__, attention_resolutions=self.resolutions,
+        )
+
+    def save_checkpoint(self, steps_done: int) -> Path:
+        return save_training_checkpoint(
+            self.job.run.checkpoints_dir, steps_done, delta_tensors(self.deltas),
+            {t: tok.state() for t, tok in self.tokens.items()}, self.optimizer,
+            [n for n, _ in self.params], capture_rng({"train": self.generator}),
+            self.metadata(steps_done), self.history)
+
+    def save_final(self, steps_done: int, preview: torch.Tensor) -> list[Path]:
+        run, meta = self.job.run, self.metadata(steps_done)
+        files = [run.kv_path]
+        save_kv_deltas(run.kv_path, delta_tensors(self.deltas), meta)
+        for token, tok in self.tokens.items():
+            save_embedding(run.embedding_path(token), tok.state(), {**meta, "token": token})
+            files.append(run.embedding_path(token))
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run.loss_path, {"history": self.history, "metadata": meta})
+        files.append(run.loss_path)
+        if self.job.workflow is not None:
+            _write_json(run.workflow_path, self.job.workflow)
+            files.append(run.workflow_path)
+        run.attention_dir.mkdir(parents=True, exist_ok=True)
+        picture = run.attention_dir / f"attention_vs_mask_step{steps_done:06d}.png"
+        _preview_picture(preview)[1].save(picture)
+        files.append(picture)
+        return files
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _preview(maps: torch.Tensor, targets: list[torch.Tensor], sample: int) -> torch.Tensor:
+    """Row per concept: predicted map of the first instance sample | its target mask."""
+    rows = side_by_side(maps[0], torch.stack([t[sample] for t in targets]))
+    return stack_rows(rows)
+
+
+def train(job: TrainingJob) -> TrainResult:
+    """Run (or resume) one training job; writes checkpoints as it goes and the results at the end."""
+    with torch.inference_mode(False), torch.enable_grad():
+        trainer = _Trainer(job)
+        trainer.prepare()
+        if job.resume_from is not None:
+            trainer.resume(job.resume_from)
+        cfg = trainer.config
+        recorder = AttentionRecorder(CaptureSpec(columns=torch.zeros(1, 1, dtype=torch.long), rows=first_rows(1)))
+        with trainable_text_encoder(job.clip):
+            class_conds = trainer._class_conditions() if trainer.with_prior else []
+            context, columns = trainer._instance_condition()
+            trainer._discover_resolutions(context.detach(), columns)
+            recorder.spec.resolutions = set(trainer.resolutions)
+            install_recorder(trainer.patcher, recorder)
+            trainer.recorder = recorder
+            pbar = host.progress_bar(cfg.steps, job.node_id)
+            pbar.update_absolute(trainer.start_step, cfg.steps)
+            started, preview, last_checkpoint = time.monotonic(), None, None
+            with gradient_checkpointing(trainer.base_model.diffusion_model, cfg.gradient_checkpointing):
+                for step in range(trainer.start_step, cfg.steps):
+                    host.check_interrupted()
+                    losses, maps = trainer.step(step, class_conds)
+                    if not math.isfinite(losses.total):
+                        where = last_checkpoint or job.resume_from
+                        raise TrainingStopped(
+                            f"the loss became {losses.total} at step {losses.step}; training stopped. "
+                            f"Last good checkpoint: {where or 'none yet'}. Fix: lower learning_rate or use "
+                            "precision fp32, then resume.")
+                    trainer.history.append(losses.as_dict())
+                    done = step + 1
+                    sample = _cycle(len(trainer.instance_latents), step, cfg.batch_size)[0]
+                    show = done == cfg.steps or (cfg.preview_every and done % cfg.preview_every == 0)
+                    preview = _preview(maps, trainer.targets, sample) if show or preview is None else preview
+                    if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                        last_checkpoint = trainer.save_checkpoint(done)
+                    elapsed = time.monotonic() - started
+                    eta = elapsed / (done - trainer.start_step) * (cfg.steps - done)
+                    host.send_event(EVENT_STEP, {**losses.as_dict(), "node": job.node_id, "max": cfg.steps,
+                                                 "eta_seconds": eta, "run": job.run.name})
+                    if job.on_step:
+                        job.on_step(losses)
+                    pbar.update_absolute(done, cfg.steps, _preview_picture(preview) if show else None)
+        if preview is None:  # resumed at the end: nothing left to train
+            preview = torch.zeros(1, 8, 8, 3)
+        files = trainer.save_final(cfg.steps, preview)
+        kv = delta_tensors(trainer.deltas)
+        trained = job.model.clone()
+        trained.add_patches(as_diff_patches(kv), 1.0)
+        trigger = " and ".join(f"embedding:{c.token} {c.class_word}" for c in trainer.concepts)
+        return TrainResult(
+            model=trained, clip=job.clip, run=job.run, kv_deltas=kv,
+            token_vectors={t: tok.state() for t, tok in trainer.tokens.items()},
+            metadata=trainer.metadata(cfg.steps), loss_history=trainer.history, steps_done=cfg.steps,
+            attention_preview=preview, trigger_text=trigger, files=files)
