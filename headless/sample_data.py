@@ -59,7 +59,9 @@ def render_scene(scene: Scene) -> tuple[Image.Image, Image.Image, Image.Image]:
     cx, cy, r = scene.ball
     draw.ellipse(_box_of(cx + r // 5, cy + r - r // 6, r, r // 4), fill=(120, 88, 60))  # ball shadow
     left, bottom, side = scene.box
-    draw.ellipse(_box_of(left + side * 2 // 3, bottom - side // 12, side * 3 // 4, side // 8), fill=(120, 88, 60))
+    draw.ellipse(
+        _box_of(left + side * 2 // 3, bottom - side // 12, side * 3 // 4, side // 8), fill=(120, 88, 60)
+    )
     _draw_ball(draw, cx, cy, r)
     faces = _box_faces(left, bottom, side)
     for polygon, color in zip(faces, ((40, 80, 200), (90, 130, 235), (25, 50, 140)), strict=True):

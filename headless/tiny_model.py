@@ -65,7 +65,7 @@ EMBEDDING_STD = 0.02
 
 @dataclass(frozen=True)
 class TinyCheckpointInfo:
-    """What a build produced: reported by the CLI and kept in the file's metadata."""
+    """What a build produced, for the CLI and the log."""
 
     path: Path
     seconds: float
@@ -175,7 +175,7 @@ def _is_current(path: Path) -> bool:
     try:
         with safe_open(str(path), framework="pt") as f:
             return (f.metadata() or {}).get("recipe") == RECIPE_VERSION
-    except Exception:
+    except Exception:  # truncated or not a safetensors file: rebuild it
         return False
 
 

@@ -2,3 +2,4 @@
 
 CATEGORY_ROOT = "textual_localization"
 DATASET_TYPE = "TL_DATASET"
+RESULT_TYPE = "TL_RESULT"

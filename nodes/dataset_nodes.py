@@ -173,15 +173,20 @@ class MaskTarget(io.ComfyNode):
                     optional=True,
                     tooltip=(
                         "Optional masks that replace mask_index: one per photo, in the dataset's IMAGE order "
-                        "(from the mask editor, a segmentation node, ...). White = object. At the dataset "
-                        "resolution, or at the photos' size when all photos share one size."
+                        "(a segmentation node, or Load Image's mask, where the painted area is the object). "
+                        "White = object. At the dataset resolution, or at the photos' size when all photos "
+                        "share one size."
                     ),
                 ),
             ],
             outputs=[
                 TLDataset.Output(display_name="dataset", tooltip="The dataset with this concept added."),
-                io.Image.Output(display_name="preview", tooltip="Photos with this concept's mask tinted and outlined."),
-                io.Mask.Output(display_name="mask", tooltip="This concept's masks after grow/feather, one per photo."),
+                io.Image.Output(
+                    display_name="preview", tooltip="Photos with this concept's mask tinted and outlined."
+                ),
+                io.Mask.Output(
+                    display_name="mask", tooltip="This concept's masks after grow/feather, one per photo."
+                ),
             ],
         )
 

@@ -18,7 +18,9 @@ from headless.sample_data import write_toy_pair  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the synthetic two-concept sample set (ball + box).")
-    parser.add_argument("--out", type=Path, default=SAMPLE_DATA_DIR, help="parent folder (default: sample_data/)")
+    parser.add_argument(
+        "--out", type=Path, default=SAMPLE_DATA_DIR, help="parent folder (default: sample_data/)"
+    )
     args = parser.parse_args(argv)
     set_dir = write_toy_pair(args.out)
     print(f"wrote {set_dir}")

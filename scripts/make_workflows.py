@@ -18,8 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from headless.paths import WORKFLOWS_DIR  # noqa: E402
 from headless.runner import prepare_server  # noqa: E402
 from headless.tiny_model import TINY_CHECKPOINT_PATH  # noqa: E402
-from headless.ui_builder import NodeSpec  # noqa: E402
-from headless.ui_builder import build_ui_workflow  # noqa: E402
+from headless.ui_builder import (
+    NodeSpec,  # noqa: E402
+    build_ui_workflow,  # noqa: E402
+)
 
 CHECKPOINT = TINY_CHECKPOINT_PATH.name
 DATASET = "toy_pair"

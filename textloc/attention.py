@@ -76,7 +76,7 @@ class AttentionRecord:
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     """[b, N, heads * d] -> [b, heads, N, d]."""
     b, n, inner = t.shape
-    return t.view(b, n, heads, inner // heads).transpose(1, 2)
+    return t.reshape(b, n, heads, inner // heads).transpose(1, 2)
 
 
 def _merge_heads(t: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,13 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tenso
 
 
 class AttentionRecorder:
-    """Holds a CaptureSpec and the maps recorded since the last `begin_step()`."""
+    """Holds a CaptureSpec and the maps recorded since the last `begin_step()`.
+
+    Each layer is recorded once per step. A captured layer that runs again in the same step (a
+    gradient-checkpoint recompute during backward, or a second model call while sampling) repeats
+    exactly the same computation, since non-reentrant checkpointing checks that recomputation saves
+    the same tensors, but its map is not stored again.
+    """
 
     def __init__(self, spec: CaptureSpec) -> None:
         self.spec = spec
@@ -118,17 +124,19 @@ class AttentionRecorder:
         """The maps recorded in this step, in forward order."""
         return list(self._records)
 
-    def _wants(self, layer_key: LayerKey, height: int) -> bool:
-        """Record each layer once per step: gradient checkpointing re-runs forwards during backward."""
-        if layer_key in self._seen:
-            return False
-        return self.spec.resolutions is None or height in self.spec.resolutions
-
-    def _select_rows(self, batch_size: int, extra_options: dict, device: torch.device) -> torch.Tensor:
-        rows = self.spec.rows(batch_size, extra_options)
+    def _captured_rows(
+        self, q: torch.Tensor, extra_options: dict, hw: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The batch rows to capture in this call, or None for the fast path."""
+        if self.spec.resolutions is not None and hw[0] not in self.spec.resolutions:
+            return None
+        if hw[0] * hw[1] != q.shape[1]:
+            return None
+        rows = self.spec.rows(q.shape[0], extra_options)
         if isinstance(rows, slice):
-            return torch.arange(batch_size, device=device)[rows]
-        return rows.to(device=device, dtype=torch.long)
+            rows = torch.arange(q.shape[0], device=q.device)[rows]
+        rows = rows.to(device=q.device, dtype=torch.long)
+        return rows if rows.numel() else None
 
     def _columns(self, row_count: int, key_length: int, device: torch.device) -> torch.Tensor:
         columns = self.spec.columns.to(device=device, dtype=torch.long)
@@ -141,10 +149,8 @@ class AttentionRecorder:
             raise ValueError(f"token columns {columns.tolist()} out of range for {key_length} context tokens")
         return columns.expand(row_count, -1)
 
-    def _record(
-        self, layer_key: LayerKey, probs: torch.Tensor, rows: torch.Tensor, hw: tuple[int, int]
-    ) -> None:
-        """Keep the selected rows and columns of [b, heads, Nq, Nk], averaged over heads, as [R, C, h, w]."""
+    def _maps(self, probs: torch.Tensor, rows: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The selected rows and columns of [b, heads, Nq, Nk], averaged over heads: [R, C, h, w]."""
         picked = probs[rows]
         r, heads, nq, _ = picked.shape
         columns = self._columns(r, probs.shape[-1], probs.device)
@@ -152,29 +158,29 @@ class AttentionRecorder:
         maps = picked.gather(-1, index).mean(dim=1).transpose(1, 2).reshape(r, -1, *hw)
         if not self.spec.keep_graph:
             maps = maps.detach().to(self.spec.store_device or maps.device, torch.float32)
-        self._records.append(AttentionRecord(layer_key, hw[0], hw[1], maps))
-        self._seen.add(layer_key)
+        return maps
+
+    def _store(self, layer_key: LayerKey, maps: torch.Tensor) -> None:
+        if layer_key not in self._seen:
+            self._seen.add(layer_key)
+            self._records.append(AttentionRecord(layer_key, maps.shape[-2], maps.shape[-1], maps))
 
     def patch(self, layer_key: LayerKey, previous: AttnFn | None = None) -> AttnFn:
         """The attn2 replace function for one layer; `previous` (another pack's patch) keeps producing the output."""
 
         def attn2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
             heads = int(extra_options["n_heads"])
-            height, width = (int(s) for s in extra_options["activations_shape"][-2:])
-            rows = None
-            if self._wants(layer_key, height) and height * width == q.shape[1]:
-                rows = self._select_rows(q.shape[0], extra_options, q.device)
-                if rows.numel() == 0:
-                    rows = None
+            hw = (int(extra_options["activations_shape"][-2]), int(extra_options["activations_shape"][-1]))
+            rows = self._captured_rows(q, extra_options, hw)
             if rows is None:
                 return previous(q, k, v, extra_options) if previous else sdpa_attention(q, k, v, heads)
             if previous is not None:
                 with torch.set_grad_enabled(self.spec.keep_graph and torch.is_grad_enabled()):
-                    self._record(layer_key, attention_probs(q, k, heads), rows, (height, width))
+                    self._store(layer_key, self._maps(attention_probs(q, k, heads), rows, hw))
                 return previous(q, k, v, extra_options)
             probs = attention_probs(q, k, heads)
             out = _merge_heads(probs @ _split_heads(v, heads).float()).to(q.dtype)
-            self._record(layer_key, probs, rows, (height, width))
+            self._store(layer_key, self._maps(probs, rows, hw))
             return out
 
         return attn2

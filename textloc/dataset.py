@@ -96,13 +96,16 @@ class Concept:
     masks: torch.Tensor = field(repr=False)  # [N,H,W] float32 0..1 at the dataset resolution
     init_word: str = "sks"
     source: str  # where the masks came from, e.g. "mask_1" or "MASK input"
+    class_images: torch.Tensor | None = field(default=None, repr=False)  # IMAGE [M,H,W,3] for prior preservation
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "token", validate_token_name(self.token))
         object.__setattr__(self, "class_word", validate_class_word(self.class_word))
         object.__setattr__(self, "init_word", validate_init_word(self.init_word))
         if self.masks.ndim != 3 or self.masks.dtype != torch.float32:
-            raise ValueError(f"Concept masks must be [N,H,W] float32, got {tuple(self.masks.shape)} {self.masks.dtype}")
+            raise ValueError(
+                f"Concept masks must be [N,H,W] float32, got {tuple(self.masks.shape)} {self.masks.dtype}"
+            )
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -122,7 +125,9 @@ class MultiConceptDataset:
         if tuple(self.images.shape) != (n, res, res, 3):
             raise ValueError(f"images must be [{n},{res},{res},3], got {tuple(self.images.shape)}")
         if self.folder_masks.ndim != 4 or tuple(self.folder_masks.shape[1:]) != (n, res, res):
-            raise ValueError(f"folder_masks must be [K,{n},{res},{res}], got {tuple(self.folder_masks.shape)}")
+            raise ValueError(
+                f"folder_masks must be [K,{n},{res},{res}], got {tuple(self.folder_masks.shape)}"
+            )
         if len(self.original_sizes) != n:
             raise ValueError(f"{len(self.original_sizes)} original sizes for {n} images")
         for concept in self.concepts:
@@ -372,7 +377,9 @@ def _flat_layout(folder_path: Path) -> list[_Sample]:
 
 def _image_files(folder: Path) -> list[Path]:
     """Visible image files of a folder, sorted by name."""
-    return sorted((p for p in folder.iterdir() if p.is_file() and is_supported_image(p)), key=lambda p: p.name)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and is_supported_image(p)), key=lambda p: p.name
+    )
 
 
 def _by_stem(paths: Sequence[Path]) -> dict[str, Path]:
@@ -444,12 +451,16 @@ def _validate_threshold(threshold: float) -> None:
 def fit_external_mask(mask: torch.Tensor, dataset: MultiConceptDataset) -> torch.Tensor:
     """Bring a ComfyUI MASK ([B,H,W] or [H,W], any dtype) to the dataset's [N,res,res] float32."""
     if not isinstance(mask, torch.Tensor):
-        raise TLInputError("mask", f"is a {type(mask).__name__}, not a MASK tensor.", "connect a MASK output.")
+        raise TLInputError(
+            "mask", f"is a {type(mask).__name__}, not a MASK tensor.", "connect a MASK output."
+        )
     values = _mask_to_float(mask)
     if values.ndim == 2:
         values = values[None]
     if values.ndim != 3:
-        raise TLInputError("mask", f"has shape {tuple(mask.shape)}, expected [B,H,W].", "connect a MASK output.")
+        raise TLInputError(
+            "mask", f"has shape {tuple(mask.shape)}, expected [B,H,W].", "connect a MASK output."
+        )
     count, height, width = values.shape
     if count != dataset.num_images:
         raise TLInputError(
@@ -495,7 +506,9 @@ def build_concept(
 ) -> Concept:
     """A concept from the folder's mask_`mask_index` (or an external MASK), cleaned and checked."""
     if not isinstance(dataset, MultiConceptDataset):
-        raise TLInputError("dataset", "is not a Multi-Concept Dataset.", "connect Load Multi-Concept Dataset.")
+        raise TLInputError(
+            "dataset", "is not a Multi-Concept Dataset.", "connect Load Multi-Concept Dataset."
+        )
     token = validate_token_name(token)
     class_word = validate_class_word(class_word)
     init_word = validate_init_word(init_word)
@@ -508,4 +521,6 @@ def build_concept(
     what = f"{source} after grow {grow_pixels} / feather {feather_pixels}" if changed else source
     fix = "move grow closer to 0, or redraw the mask." if changed else None
     check_mask_coverage(cleaned, dataset.image_names, f"{what} for image", fix)
-    return Concept(token=token, class_word=class_word, masks=cleaned.clone(), init_word=init_word, source=source)
+    return Concept(
+        token=token, class_word=class_word, masks=cleaned.clone(), init_word=init_word, source=source
+    )

@@ -57,7 +57,9 @@ def _read_channels(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise TLInputError(str(path), "file not found.", "check the file name and that it was not moved.")
     if not is_supported_image(path):
         allowed = " ".join(sorted(SUPPORTED_EXTENSIONS))
-        raise TLInputError(str(path), f"unsupported file type {path.suffix!r}.", f"convert it to one of {allowed}.")
+        raise TLInputError(
+            str(path), f"unsupported file type {path.suffix!r}.", f"convert it to one of {allowed}."
+        )
     try:
         with Image.open(path) as opened:
             opened.load()
@@ -66,7 +68,9 @@ def _read_channels(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     except TLInputError:
         raise
     except Image.DecompressionBombError as exc:
-        raise TLInputError(str(path), "is too large to decode safely.", "downscale it (e.g. to 2048 px).") from exc
+        raise TLInputError(
+            str(path), "is too large to decode safely.", "downscale it (e.g. to 2048 px)."
+        ) from exc
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
         raise TLInputError(str(path), f"is truncated or not an image ({exc}).", _RE_EXPORT_FIX) from exc
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,11 +145,11 @@ def text_encoder_branches(clip: Any) -> dict[str, Branch]:
     return branches
 
 
-def _embedding_row(encoder: Any, token_id: int) -> torch.Tensor:
+def _embedding_row(encoder: Any, token_id: int, device: torch.device | str) -> torch.Tensor:
     """A detached fp32 copy of one row of the encoder's input embedding table."""
     table = encoder.transformer.get_input_embeddings().weight
     with torch.inference_mode(False), torch.no_grad():
-        return table[token_id].detach().to(device="cpu", dtype=torch.float32).clone().reshape(1, -1)
+        return table[token_id].detach().to(device=device, dtype=torch.float32).clone().reshape(1, -1)
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -165,15 +165,21 @@ class TrainableToken:
     branch_keys: dict[str, str] = field(default_factory=dict)  # tokenize key -> file key
 
     @classmethod
-    def from_clip(cls, clip: Any, placeholder: str, init_word: str = "sks") -> TrainableToken:
-        """Start from a copy of `init_word`'s embedding row in every encoder (as Custom Diffusion does)."""
+    def from_clip(
+        cls, clip: Any, placeholder: str, init_word: str = "sks", device: torch.device | str = "cpu"
+    ) -> TrainableToken:
+        """Start from a copy of `init_word`'s embedding row in every encoder (as Custom Diffusion does).
+
+        The vectors are fp32 on `device`; ComfyUI moves them onto the encoder's device when it splices
+        them in, and gradients flow back across that move, so CPU vectors work with a GPU encoder.
+        """
         if not placeholder or placeholder.isspace():
             raise TLInputError("token", "the identifier token is empty.", "enter a token such as '<new1>'.")
         ids = single_token_ids(clip, init_word)
         vectors: dict[str, nn.Parameter] = {}
         branch_keys: dict[str, str] = {}
         for key, branch in text_encoder_branches(clip).items():
-            vectors[branch.file_key] = nn.Parameter(_embedding_row(branch.encoder, ids[key]))
+            vectors[branch.file_key] = nn.Parameter(_embedding_row(branch.encoder, ids[key], device))
             branch_keys[key] = branch.file_key
         return cls(placeholder=placeholder, init_word=init_word, vectors=vectors, branch_keys=branch_keys)
 
@@ -210,11 +216,22 @@ class PromptTokens:
     text: str  # the prompt as tokenized, identifiers written as their init words
 
 
+def _placeholder_pattern(names: Iterable[str]) -> re.Pattern[str]:
+    """Longest first, so that '<new1>' never matches inside '<new10>'."""
+    return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
+
+
 def _substitute(template: str, words: Mapping[str, str]) -> str:
-    """Replace every placeholder by its word in one pass (longest first, so '<new1>' never eats '<new10>')."""
-    names = sorted(words, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(n) for n in names))
-    return pattern.sub(lambda m: words[m.group(0)], template)
+    """Replace every placeholder by its word in one pass."""
+    return _placeholder_pattern(words).sub(lambda m: words[m.group(0)], template)
+
+
+def _count_placeholders(template: str, names: Mapping[str, Any]) -> dict[str, int]:
+    """How often each placeholder occurs as a whole placeholder (not inside a longer one)."""
+    count = dict.fromkeys(names, 0)
+    for match in _placeholder_pattern(names).finditer(template):
+        count[match.group(0)] += 1
+    return count
 
 
 def _probe_word(clip: Any, avoid: set[int]) -> tuple[str, dict[str, int]]:
@@ -242,6 +259,10 @@ def _same_entry(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _is_id(entry: Any, token_id: int) -> bool:
+    return isinstance(entry, int) and entry == token_id
+
+
 def build_prompt_tokens(
     clip: Any, template_text: str, placeholders: Mapping[str, TrainableToken]
 ) -> PromptTokens:
@@ -254,8 +275,9 @@ def build_prompt_tokens(
     """
     if not placeholders:
         raise ValueError("build_prompt_tokens needs at least one placeholder")
+    count = _count_placeholders(template_text, placeholders)
     for name in placeholders:
-        if name not in template_text:
+        if count[name] == 0:
             raise TLInputError(
                 "prompt template",
                 f"'{template_text}' does not contain the token '{name}'.",
@@ -268,7 +290,6 @@ def build_prompt_tokens(
     init_ids = {name: single_token_ids(clip, tok.init_word) for name, tok in placeholders.items()}
     avoid = {i for ids in init_ids.values() for i in ids.values()}
     probe, probe_ids = _probe_word(clip, avoid)
-    count = {name: template_text.count(name) for name in placeholders}
 
     positions: dict[str, list[int]] = {}
     for name in placeholders:
@@ -280,7 +301,7 @@ def build_prompt_tokens(
             ok = (
                 diff is not None
                 and len(diff) == count[name]
-                and all(seq[i] == init_ids[name][key] and other[key][i] == probe_ids[key] for i in diff)
+                and all(_is_id(seq[i], init_ids[name][key]) and _is_id(other[key][i], probe_ids[key]) for i in diff)
             )
             if not ok:
                 raise TLInputError(

@@ -30,6 +30,7 @@ from .errors import TLInputError
 from .grad_checkpointing import gradient_checkpointing
 from .heatmap import side_by_side, stack_rows
 from .kv_deltas import as_diff_patches, attach_deltas, delta_tensors
+from .localization import attention_iou, attention_mass_inside
 from .losses import (
     concepts_attention_loss,
     default_resolutions,
@@ -46,6 +47,7 @@ from .token_embedding import (
     make_autograd_safe,
     trainable_text_encoder,
 )
+from .trained import TrainedWeights
 from .weights import (
     build_metadata,
     capture_rng,
@@ -91,7 +93,13 @@ class TrainResult:
     steps_done: int
     attention_preview: torch.Tensor  # IMAGE [1, H, W, 3]: predicted map | target per concept
     trigger_text: str
+    localization: dict[str, dict[str, list[float]]]  # "before"/"after" -> measures per concept
     files: list[Path] = field(default_factory=list)
+
+    def weights(self) -> TrainedWeights:
+        return TrainedWeights(
+            kv_deltas=self.kv_deltas, token_vectors=self.token_vectors, metadata=self.metadata,
+            kv_path=self.run.kv_path, embedding_paths={t: self.run.embedding_path(t) for t in self.token_vectors})
 
 
 @dataclass
@@ -146,11 +154,13 @@ def _preview_picture(preview: torch.Tensor) -> tuple[str, Image.Image, int]:
 
 
 class _Trainer:
+    """State of one run: the cloned model with its deltas, the tokens, data, optimizer, RNG."""
+
     def __init__(self, job: TrainingJob) -> None:
         self.job = job
         dataset = job.dataset
         self.concepts = list(dataset.concepts)
-        self.with_prior = job.config.prior_weight > 0 and all(
+        self.with_prior = job.config.prior_weight > 0 and bool(self.concepts) and all(
             c.class_images is not None and len(c.class_images) > 0 for c in self.concepts)
         self.config = job.config.resolved(len(self.concepts), self.with_prior, dataset.resolution)
         self.config.validate()
@@ -158,13 +168,16 @@ class _Trainer:
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.history: list[dict[str, float]] = []
         self.start_step = 0
+        self.resolutions: list[int] = []
 
     # --- set-up -------------------------------------------------------------------------
     def prepare(self) -> None:
         job, cfg = self.job, self.config
         self.patcher = job.model.clone()
-        projections = ("q", "k", "v") if cfg.train_q else ("k", "v")
-        self.deltas = attach_deltas(self.patcher, projections)
+        self.deltas = attach_deltas(self.patcher, ("q", "k", "v") if cfg.train_q else ("k", "v"))
+        self.recorder = AttentionRecorder(CaptureSpec(columns=torch.zeros(1, 1, dtype=torch.long),
+                                                      rows=first_rows(1)))
+        install_recorder(self.patcher, self.recorder)
         host.load_for_training(self.patcher)
         make_autograd_safe(self.patcher.model)
         self.base_model = self.patcher.model
@@ -176,8 +189,7 @@ class _Trainer:
             for c in self.concepts] if self.with_prior else []
         self.targets = [prepare_target_mask(c.masks, cfg.attention_size).to(self.device) for c in self.concepts]
         self.prompt_text = instance_prompt(cfg, [(c.token, c.class_word) for c in self.concepts])
-        self.params: list[tuple[str, torch.nn.Parameter]] = [
-            (key, d.delta) for key, d in self.deltas.items()]
+        self.params: list[tuple[str, torch.nn.Parameter]] = [(key, d.delta) for key, d in self.deltas.items()]
         if cfg.train_token:
             for tok in self.tokens.values():
                 self.params.extend(tok.named_parameters())
@@ -194,68 +206,101 @@ class _Trainer:
 
     def resume(self, checkpoint_dir: Path) -> None:
         ckpt = load_training_checkpoint(checkpoint_dir)
-        if set(ckpt.kv_deltas) != set(self.deltas):
-            raise TLInputError("resume", f"checkpoint {checkpoint_dir} holds weights for other layers.",
-                               "resume with the same model and settings, or turn resume off.")
+        if set(ckpt.kv_deltas) != set(self.deltas) or set(ckpt.token_vectors) != set(self.tokens):
+            raise TLInputError("resume", f"checkpoint {checkpoint_dir} was made for other layers or tokens.",
+                               "resume with the same model, concepts and settings, or turn resume off.")
         with torch.no_grad():
             for key, delta in self.deltas.items():
                 delta.delta.copy_(ckpt.kv_deltas[key].to(delta.delta))
         for token, vectors in ckpt.token_vectors.items():
-            if token in self.tokens:
-                self.tokens[token].load_state(vectors)
+            self.tokens[token].load_state(vectors)
         restore_optimizer(self.optimizer, ckpt, [n for n, _ in self.params])
         restore_rng(ckpt.rng, {"train": self.generator})
         self.history = list(ckpt.loss_history)
         self.start_step = ckpt.step
 
     # --- conditioning -------------------------------------------------------------------
-    def _instance_condition(self) -> tuple[torch.Tensor, list[int]]:
+    def instance_condition(self) -> tuple[torch.Tensor, list[int]]:
+        """The instance prompt's conditioning (differentiable in the token vectors) and token columns."""
         prompt = build_prompt_tokens(self.job.clip, self.prompt_text, self.tokens)
         cond, _ = encode(self.job.clip, prompt.tokens)
         columns = [prompt.positions[c.token][0] for c in self.concepts]
         return cond.to(self.device, torch.float32), columns
 
-    def _class_conditions(self) -> list[torch.Tensor]:
+    def class_conditions(self) -> list[torch.Tensor]:
         conds = []
         with torch.no_grad():
             for c in self.concepts:
-                tokens = self.job.clip.tokenize(c.class_word)
-                cond, _ = self.job.clip.encode_from_tokens(tokens, return_pooled=True)
+                cond, _ = self.job.clip.encode_from_tokens(self.job.clip.tokenize(c.class_word), return_pooled=True)
                 conds.append(cond.to(self.device, torch.float32).clone())
         return conds
 
-    # --- one step -----------------------------------------------------------------------
-    def _forward(self, patcher: Any, x0: torch.Tensor, context: torch.Tensor,
-                 sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    # --- passes -------------------------------------------------------------------------
+    def _forward(self, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
+                 noise: torch.Tensor) -> torch.Tensor:
         """Predicted noise for a batch, from ComfyUI's apply_model (which returns x0)."""
         sampling = self.base_model.model_sampling
         xt = sampling.noise_scaling(sigmas, noise, x0)
         with _autocast(self.device, self.config.precision):
             denoised = self.base_model.apply_model(
                 xt, sigmas, c_crossattn=context,
-                transformer_options=patcher.model_options["transformer_options"])
+                transformer_options=self.patcher.model_options["transformer_options"])
         return (xt - denoised.float()) / sigmas.view(-1, 1, 1, 1)
 
-    def _discover_resolutions(self, context: torch.Tensor, columns: list[int]) -> None:
-        """One no-grad pass tells which map sizes this model/resolution has (every level but the finest)."""
-        recorder = AttentionRecorder(CaptureSpec(columns=torch.tensor([columns]), rows=first_rows(1)))
-        probe = self.patcher.clone()
-        install_recorder(probe, recorder)
-        recorder.begin_step()
+    def _capture(self, columns: list[int], rows: int, keep_graph: bool, resolutions: list[int] | None) -> None:
+        spec = self.recorder.spec
+        spec.columns = torch.tensor([columns])
+        spec.rows = first_rows(rows)
+        spec.keep_graph = keep_graph
+        spec.resolutions = set(resolutions) if resolutions else None
+        self.recorder.begin_step()
+
+    def discover_resolutions(self, context: torch.Tensor, columns: list[int]) -> None:
+        """One no-grad pass tells which map sizes exist here; keep every level but the finest."""
+        self._capture(columns, 1, keep_graph=False, resolutions=None)
         with torch.no_grad():
             sigma = self.base_model.model_sampling.sigma(torch.tensor([500.0])).to(self.device)
-            self._forward(probe, self.instance_latents[:1], context[:1], sigma,
-                          torch.zeros_like(self.instance_latents[:1]))
-        self.resolutions = default_resolutions(r.height for r in recorder.records())
+            latent = self.base_model.process_latent_in(self.instance_latents[:1])
+            self._forward(latent, context[:1], sigma, torch.zeros_like(latent))
+        self.resolutions = default_resolutions(r.height for r in self.recorder.records())
 
-    def step(self, step: int, class_conds: list[torch.Tensor]) -> tuple[StepLosses, torch.Tensor]:
+    def measure(self, timesteps: tuple[int, ...] = (250, 500, 750)) -> dict[str, list[float]]:
+        """Localization of each token on the training photos (no grad, fixed noise, own RNG).
+
+        Returns per concept the share of attention inside its own mask, inside the other concepts'
+        masks, and the IoU, averaged over photos and the given timesteps.
+        """
+        generator = torch.Generator().manual_seed(1234)
+        with torch.no_grad():
+            context, columns = self.instance_condition()
+            latents = self.base_model.process_latent_in(self.instance_latents)
+            total = None
+            for t in timesteps:
+                self._capture(columns, len(latents), keep_graph=False, resolutions=self.resolutions)
+                noise = torch.randn(latents.shape, generator=generator).to(self.device)
+                sigma = self.base_model.model_sampling.sigma(torch.full((len(latents),), float(t))).to(self.device)
+                self._forward(latents, context.expand(len(latents), -1, -1), sigma, noise)
+                maps = token_attention_map(self.recorder.records(), self.resolutions, self.config.attention_size)
+                total = maps if total is None else total + maps
+        maps = (total / len(timesteps)).cpu()
+        masks = torch.stack([c.masks for c in self.concepts], dim=1)  # [N, C, H, W]
+        own = attention_mass_inside(maps, masks).mean(0)
+        iou = attention_iou(maps, masks).mean(0)
+        others = []
+        for c in range(len(self.concepts)):
+            rest = [k for k in range(len(self.concepts)) if k != c]
+            union = masks[:, rest].amax(1) if rest else torch.zeros_like(masks[:, c])
+            others.append(attention_mass_inside(maps[:, c], union).mean().item())
+        return {"inside_own_mask": own.tolist(), "inside_other_masks": others, "iou": iou.tolist()}
+
+    def step(self, step: int, class_conds: list[torch.Tensor]) -> tuple[StepLosses, torch.Tensor, int]:
         cfg = self.config
         batch = cfg.batch_size
-        context_inst, columns = self._instance_condition()
+        context_inst, columns = self.instance_condition()
         inst_idx = _cycle(len(self.instance_latents), step, batch)
         x0_parts = [self.instance_latents[inst_idx]]
         ctx_parts = [context_inst.expand(batch, -1, -1)]
-        for latents, cond in zip(self.class_latents, class_conds, strict=False):
+        for latents, cond in zip(self.class_latents, class_conds, strict=True):
             x0_parts.append(latents[_cycle(len(latents), step, batch)])
             ctx_parts.append(cond.expand(batch, -1, -1))
         x0 = self.base_model.process_latent_in(torch.cat(x0_parts))
@@ -265,11 +310,8 @@ class _Trainer:
         sigmas = self.base_model.model_sampling.sigma(timesteps.float()).to(self.device)
 
         use_attention = cfg.guidance != "none" and cfg.attention_weight > 0
-        self.recorder.spec.columns = torch.tensor([columns])
-        self.recorder.spec.rows = first_rows(batch)
-        self.recorder.spec.keep_graph = use_attention
-        self.recorder.begin_step()
-        eps = self._forward(self.patcher, x0, context, sigmas, noise)
+        self._capture(columns, batch, keep_graph=use_attention, resolutions=self.resolutions)
+        eps = self._forward(x0, context, sigmas, noise)
         l_denoise = instance_denoise_loss(eps[:batch], noise[:batch])
         l_prior = prior_loss(eps[batch:], noise[batch:]) if self.with_prior else eps.new_zeros(())
         maps = token_attention_map(self.recorder.records(), self.resolutions, cfg.attention_size)
@@ -277,18 +319,17 @@ class _Trainer:
         l_attention = concepts_attention_loss(maps, targets, cfg.guidance) if use_attention else eps.new_zeros(())
         total = l_denoise + cfg.prior_weight * l_prior + cfg.attention_weight * l_attention
         losses = StepLosses(step + 1, total.item(), l_denoise.item(), l_prior.item(), l_attention.item())
-        if not math.isfinite(losses.total):
-            return losses, maps
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_([p for _, p in self.params], cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return losses, maps.detach()
+        if math.isfinite(losses.total):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.params], cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return losses, maps.detach(), inst_idx[0]
 
     # --- files --------------------------------------------------------------------------
-    def metadata(self, steps_done: int) -> dict[str, str]:
+    def metadata(self, steps_done: int, localization: dict[str, Any] | None = None) -> dict[str, str]:
         cfg = self.config
         return build_metadata(
             tokens=[c.token for c in self.concepts], class_words=[c.class_word for c in self.concepts],
@@ -299,6 +340,7 @@ class _Trainer:
             trained=["q", "k", "v"] if cfg.train_q else ["k", "v"], train_token=cfg.train_token,
             base_model_family=host.model_family(self.job.model), base_hash=self.base_hash,
             dataset=self.job.dataset.name, pack_version=__version__, attention_resolutions=self.resolutions,
+            **({"localization": localization} if localization else {}),
         )
 
     def save_checkpoint(self, steps_done: int) -> Path:
@@ -308,8 +350,8 @@ class _Trainer:
             [n for n, _ in self.params], capture_rng({"train": self.generator}),
             self.metadata(steps_done), self.history)
 
-    def save_final(self, steps_done: int, preview: torch.Tensor) -> list[Path]:
-        run, meta = self.job.run, self.metadata(steps_done)
+    def save_final(self, steps_done: int, preview: torch.Tensor, meta: dict[str, str]) -> list[Path]:
+        run = self.job.run
         files = [run.kv_path]
         save_kv_deltas(run.kv_path, delta_tensors(self.deltas), meta)
         for token, tok in self.tokens.items():
@@ -348,32 +390,28 @@ def train(job: TrainingJob) -> TrainResult:
         if job.resume_from is not None:
             trainer.resume(job.resume_from)
         cfg = trainer.config
-        recorder = AttentionRecorder(CaptureSpec(columns=torch.zeros(1, 1, dtype=torch.long), rows=first_rows(1)))
         with trainable_text_encoder(job.clip):
-            class_conds = trainer._class_conditions() if trainer.with_prior else []
-            context, columns = trainer._instance_condition()
-            trainer._discover_resolutions(context.detach(), columns)
-            recorder.spec.resolutions = set(trainer.resolutions)
-            install_recorder(trainer.patcher, recorder)
-            trainer.recorder = recorder
+            class_conds = trainer.class_conditions() if trainer.with_prior else []
+            context, columns = trainer.instance_condition()
+            trainer.discover_resolutions(context.detach(), columns)
+            before = trainer.measure()
             pbar = host.progress_bar(cfg.steps, job.node_id)
             pbar.update_absolute(trainer.start_step, cfg.steps)
-            started, preview, last_checkpoint = time.monotonic(), None, None
+            started, preview, last_checkpoint = time.monotonic(), None, job.resume_from
             with gradient_checkpointing(trainer.base_model.diffusion_model, cfg.gradient_checkpointing):
                 for step in range(trainer.start_step, cfg.steps):
                     host.check_interrupted()
-                    losses, maps = trainer.step(step, class_conds)
+                    losses, maps, sample = trainer.step(step, class_conds)
                     if not math.isfinite(losses.total):
-                        where = last_checkpoint or job.resume_from
                         raise TrainingStopped(
-                            f"the loss became {losses.total} at step {losses.step}; training stopped. "
-                            f"Last good checkpoint: {where or 'none yet'}. Fix: lower learning_rate or use "
-                            "precision fp32, then resume.")
+                            f"the loss became {losses.total} at step {losses.step}; training stopped there. "
+                            f"Last good checkpoint: {last_checkpoint or 'none yet'}. Fix: lower learning_rate "
+                            "or use precision fp32, then resume from that checkpoint.")
                     trainer.history.append(losses.as_dict())
                     done = step + 1
-                    sample = _cycle(len(trainer.instance_latents), step, cfg.batch_size)[0]
-                    show = done == cfg.steps or (cfg.preview_every and done % cfg.preview_every == 0)
-                    preview = _preview(maps, trainer.targets, sample) if show or preview is None else preview
+                    show = done == cfg.steps or (cfg.preview_every > 0 and done % cfg.preview_every == 0)
+                    if show or preview is None:
+                        preview = _preview(maps, trainer.targets, sample)
                     if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                         last_checkpoint = trainer.save_checkpoint(done)
                     elapsed = time.monotonic() - started
@@ -383,9 +421,12 @@ def train(job: TrainingJob) -> TrainResult:
                     if job.on_step:
                         job.on_step(losses)
                     pbar.update_absolute(done, cfg.steps, _preview_picture(preview) if show else None)
-        if preview is None:  # resumed at the end: nothing left to train
+            after = trainer.measure()
+        if preview is None:  # resumed a finished run: nothing left to train
             preview = torch.zeros(1, 8, 8, 3)
-        files = trainer.save_final(cfg.steps, preview)
+        localization = {"before": before, "after": after}
+        meta = trainer.metadata(cfg.steps, localization)
+        files = trainer.save_final(cfg.steps, preview, meta)
         kv = delta_tensors(trainer.deltas)
         trained = job.model.clone()
         trained.add_patches(as_diff_patches(kv), 1.0)
@@ -393,5 +434,5 @@ def train(job: TrainingJob) -> TrainResult:
         return TrainResult(
             model=trained, clip=job.clip, run=job.run, kv_deltas=kv,
             token_vectors={t: tok.state() for t, tok in trainer.tokens.items()},
-            metadata=trainer.metadata(cfg.steps), loss_history=trainer.history, steps_done=cfg.steps,
-            attention_preview=preview, trigger_text=trigger, files=files)
+            metadata=meta, loss_history=trainer.history, steps_done=cfg.steps,
+            attention_preview=preview, trigger_text=trigger, localization=localization, files=files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from textloc.attention import (
@@ -159,6 +160,43 @@ def test_each_layer_recorded_once_per_step() -> None:
     assert rec.records() == []
     fn(q, k, v, extra())
     assert len(rec.records()) == 1
+
+
+class CrossAttention(nn.Module):
+    """q/k/v projections around an attn2 replace function, as BasicTransformerBlock calls it."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.to_q = nn.Linear(5, HEADS * DIM_HEAD)
+        self.to_k = nn.Linear(7, HEADS * DIM_HEAD)
+        self.to_v = nn.Linear(7, HEADS * DIM_HEAD)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.to_q(x), self.to_k(context), self.to_v(context), extra(x.shape[0]))
+
+
+@pytest.mark.parametrize("wrap_previous", [False, True])
+def test_gradient_checkpoint_recompute_neither_records_again_nor_breaks(wrap_previous: bool) -> None:
+    gen = torch.Generator().manual_seed(2)
+    x, context = torch.randn(3, H * W, 5, generator=gen), torch.randn(3, NK, 7, generator=gen)
+    weights = torch.randn(2, 2, H, W, generator=gen)
+    grads = []
+    for use_checkpoint in (False, True):
+        rec = recorder([[1, 3]], keep_graph=True)
+        previous = (lambda q, k, v, eo: sdpa_attention(q, k, v, HEADS)) if wrap_previous else None
+        layer = CrossAttention(rec.patch(KEY, previous))
+        rec.begin_step()
+        if use_checkpoint:
+            out = torch.utils.checkpoint.checkpoint(layer, x, context, use_reentrant=False)
+        else:
+            out = layer(x, context)
+        (out.square().mean() + (rec.records()[0].maps * weights).sum()).backward()
+        assert len(rec.records()) == 1
+        grads.append([p.grad.clone() for p in (layer.to_q.weight, layer.to_k.weight, layer.to_v.weight)])
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain)
 
 
 def test_keep_graph_lets_the_map_loss_reach_q_and_k() -> None:

@@ -50,7 +50,11 @@ def _mask(size: tuple[int, int] = SIZE, rect: tuple[int, int, int, int] | None =
 
 
 def _authors_set(
-    root: Path, name: str = "set_a", stems: tuple[str, ...] = ("b", "a", "c"), masks: int = 2, images: str = "resized"
+    root: Path,
+    name: str = "set_a",
+    stems: tuple[str, ...] = ("b", "a", "c"),
+    masks: int = 2,
+    images: str = "resized",
 ) -> Path:
     folder = root / name
     (folder / images).mkdir(parents=True)
@@ -205,7 +209,9 @@ def test_image_without_its_mask(tmp_path: Path) -> None:
 def test_mask_without_its_image(tmp_path: Path) -> None:
     folder = _authors_set(tmp_path)
     _mask(rect=_mask_rect(1)).save(folder / "mask_1" / "zz.png")
-    _user_error(lambda: load_dataset(tmp_path, "set_a", RES), str(folder / "mask_1" / "zz.png"), "without a photo")
+    _user_error(
+        lambda: load_dataset(tmp_path, "set_a", RES), str(folder / "mask_1" / "zz.png"), "without a photo"
+    )
 
 
 def test_flat_layout_missing_pieces(tmp_path: Path) -> None:
@@ -284,7 +290,11 @@ def input_and_outside(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_parent_path_is_refused(input_and_outside: tuple[Path, Path]) -> None:
     root, _ = input_and_outside
-    _user_error(lambda: load_dataset(root, "../elsewhere/secret", RES), "../elsewhere/secret", "inside ComfyUI's input/")
+    _user_error(
+        lambda: load_dataset(root, "../elsewhere/secret", RES),
+        "../elsewhere/secret",
+        "inside ComfyUI's input/",
+    )
     _user_error(lambda: load_dataset(root, "..", RES), "inside ComfyUI's input/")
 
 
@@ -322,7 +332,9 @@ def test_valid_token_names(name: str) -> None:
     assert validate_token_name(name) == name.strip()
 
 
-@pytest.mark.parametrize("name", ["", "1doll", "_doll", "tl doll", "tl-doll", "embedding:tl", "<new1>", "a" * 65, "été"])
+@pytest.mark.parametrize(
+    "name", ["", "1doll", "_doll", "tl doll", "tl-doll", "embedding:tl", "<new1>", "a" * 65, "été"]
+)
 def test_invalid_token_names(name: str) -> None:
     message = _user_error(lambda: validate_token_name(name, "token"), "token", "tl_doll")
     assert repr(name) in message
@@ -365,11 +377,15 @@ def test_with_concept_returns_a_new_dataset(dataset: MultiConceptDataset) -> Non
 
 
 def test_concept_validates_its_names() -> None:
-    _user_error(lambda: Concept(token="bad name", class_word="doll", masks=torch.zeros(1, 8, 8), source="x"), "token")
+    _user_error(
+        lambda: Concept(token="bad name", class_word="doll", masks=torch.zeros(1, 8, 8), source="x"), "token"
+    )
 
 
 def test_build_concept_mask_index_and_cleanup(dataset: MultiConceptDataset) -> None:
-    _user_error(lambda: build_concept(dataset, token="tl_a", class_word="a", mask_index=3), "mask_index", "2 mask(s)")
+    _user_error(
+        lambda: build_concept(dataset, token="tl_a", class_word="a", mask_index=3), "mask_index", "2 mask(s)"
+    )
     base = dataset.folder_masks[0].sum()
     grown = build_concept(dataset, token="tl_a", class_word="a", mask_index=1, grow_pixels=3)
     shrunk = build_concept(dataset, token="tl_a", class_word="a", mask_index=1, grow_pixels=-3)
@@ -390,7 +406,10 @@ def test_build_concept_with_external_mask(dataset: MultiConceptDataset) -> None:
     concept = build_concept(dataset, token="tl_x", class_word="x", mask=mask, mask_index=7)
     assert concept.source == "MASK input"
     assert torch.equal(concept.masks, mask)
-    _user_error(lambda: build_concept(dataset, token="tl_x", class_word="x", mask=torch.zeros(3, RES, RES)), "MASK input")
+    _user_error(
+        lambda: build_concept(dataset, token="tl_x", class_word="x", mask=torch.zeros(3, RES, RES)),
+        "MASK input",
+    )
     _user_error(lambda: build_concept("not a dataset", token="tl_x", class_word="x"), "dataset")  # type: ignore[arg-type]
 
 
@@ -398,7 +417,9 @@ def test_build_concept_with_external_mask(dataset: MultiConceptDataset) -> None:
 
 
 def test_fit_external_mask_count_mismatch(dataset: MultiConceptDataset) -> None:
-    message = _user_error(lambda: fit_external_mask(torch.ones(2, RES, RES), dataset), "2 mask(s)", "3 images")
+    message = _user_error(
+        lambda: fit_external_mask(torch.ones(2, RES, RES), dataset), "2 mask(s)", "3 images"
+    )
     assert "same order as the dataset's IMAGE output" in message
 
 
@@ -411,8 +432,12 @@ def test_fit_external_mask_at_dataset_size_is_kept(dataset: MultiConceptDataset)
     assert torch.equal(fit_external_mask(soft > 0.5, dataset), (soft > 0.5).float())
 
 
-def test_fit_external_mask_at_photo_size_matches_folder_masks(tmp_path: Path, dataset: MultiConceptDataset) -> None:
-    originals = torch.stack([read_mask(tmp_path / "set_a" / "mask_1" / f"{stem}.png") for stem in ("a", "b", "c")])
+def test_fit_external_mask_at_photo_size_matches_folder_masks(
+    tmp_path: Path, dataset: MultiConceptDataset
+) -> None:
+    originals = torch.stack(
+        [read_mask(tmp_path / "set_a" / "mask_1" / f"{stem}.png") for stem in ("a", "b", "c")]
+    )
     assert originals.shape == (3, 64, 96)
     fitted = fit_external_mask(originals, dataset)
     assert fitted.shape == (3, RES, RES)

@@ -22,10 +22,17 @@ def _png16(path: Path, pixels: np.ndarray) -> Path:
     raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -203,7 +210,9 @@ def _assert_user_error(error: pytest.ExceptionInfo[TLInputError], name: str) -> 
 
 
 def test_truncated_file(tmp_path: Path) -> None:
-    good = _save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), tmp_path / "g.png")
+    good = _save(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), tmp_path / "g.png"
+    )
     broken = tmp_path / "broken.png"
     broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(TLInputError) as error:

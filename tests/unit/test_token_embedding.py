@@ -51,6 +51,8 @@ def test_substitute_replaces_every_placeholder_once() -> None:
     text = "photo of a <new1> bucket and a <new10> doll, <new1>"
     out = te._substitute(text, {"<new1>": "sks", "<new10>": "toy"})
     assert out == "photo of a sks bucket and a toy doll, sks"
+    assert te._count_placeholders(text, {"<new1>": 0, "<new10>": 0}) == {"<new1>": 2, "<new10>": 1}
+    assert te._count_placeholders("a <new10> doll", {"<new1>": 0, "<new10>": 0}) == {"<new1>": 0, "<new10>": 1}
 
 
 def test_same_entry_compares_vectors_by_value() -> None:
