@@ -1,10 +1,22 @@
 """Thin ComfyUI adapters, one module per node family. Node ids never change once released."""
 
+import os
+
+import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
+from . import web_routes  # noqa: F401  (adds the training-history route)
+from .apply_nodes import ApplyTLWeights
+from .attention_nodes import ShowTokenAttention
 from .dataset_nodes import LoadMultiConceptDataset, MaskTarget
+from .train_nodes import TrainTextualLocalization
 
-NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (LoadMultiConceptDataset, MaskTarget)
+NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (LoadMultiConceptDataset, MaskTarget, TrainTextualLocalization,
+                                                 ApplyTLWeights, ShowTokenAttention)
+
+# Trained tokens are written to output/embeddings; like output/loras for LoRAs (added by ComfyUI
+# itself), that folder joins the embedding search path so `embedding:TOKEN` works in any prompt.
+folder_paths.add_model_folder_path("embeddings", os.path.join(folder_paths.get_output_directory(), "embeddings"))
 
 
 class TextualLocalizationExtension(ComfyExtension):

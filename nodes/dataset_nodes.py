@@ -11,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..textloc.dataset import build_concept, load_dataset
+from ..textloc.dataset import build_concept, load_class_images, load_dataset
 from ..textloc.masks import overlay
 from .common import CATEGORY_ROOT, DATASET_TYPE
 
@@ -178,6 +178,25 @@ class MaskTarget(io.ComfyNode):
                         "share one size."
                     ),
                 ),
+                io.Image.Input(
+                    "class_images",
+                    optional=True,
+                    tooltip=(
+                        "Images of the class word for prior preservation (the paper generates 200 with the "
+                        "base model from the class word alone, e.g. 'doll'). Make them in this graph: "
+                        "CLIP Text Encode(class word) -> KSampler -> VAE Decode. Without class images the "
+                        "trainer runs without the prior loss."
+                    ),
+                ),
+                io.String.Input(
+                    "class_images_folder",
+                    default="",
+                    optional=True,
+                    tooltip=(
+                        "Instead of class_images: a folder under input/ holding class images (e.g. "
+                        "prior/doll). Empty = not used. Ignored when class_images is connected."
+                    ),
+                ),
             ],
             outputs=[
                 TLDataset.Output(display_name="dataset", tooltip="The dataset with this concept added."),
@@ -201,7 +220,13 @@ class MaskTarget(io.ComfyNode):
         grow: int,
         feather: int,
         mask: torch.Tensor | None = None,
+        class_images: torch.Tensor | None = None,
+        class_images_folder: str = "",
     ) -> io.NodeOutput:
+        if class_images is None and class_images_folder.strip():
+            class_images = load_class_images(
+                Path(folder_paths.get_input_directory()), class_images_folder.strip(), dataset.resolution
+            )
         concept = build_concept(
             dataset,
             token=token,
@@ -211,6 +236,7 @@ class MaskTarget(io.ComfyNode):
             grow_pixels=grow,
             feather_pixels=feather,
             mask=mask,
+            class_images=class_images,
         )
         preview = overlay(dataset.images, concept.masks)
         return io.NodeOutput(

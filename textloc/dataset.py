@@ -227,6 +227,29 @@ def load_dataset(
     )
 
 
+def fit_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """IMAGE [M,H,W,C] -> [M,res,res,3] with the same resize + centre crop as the photos."""
+    fitted = resize_and_center_crop(images[..., :3].permute(0, 3, 1, 2).float(), resolution)
+    return fitted.permute(0, 2, 3, 1).clamp(0.0, 1.0).contiguous()
+
+
+def load_class_images(input_root: Path, folder: str, resolution: int) -> torch.Tensor:
+    """Every image of a folder under input/ (class images for prior preservation), fitted to `resolution`."""
+    root = Path(input_root).resolve()
+    folder_path = resolve_input_folder(root, folder)
+    files = _image_files(folder_path)
+    if not files:
+        raise TLInputError(
+            f"class images folder '{folder}'", "holds no images.",
+            "put the class images (e.g. 200 generated photos of the class) directly in that folder, "
+            "or leave class_images_folder empty.")
+    images = []
+    for path in files:
+        _check_inside(root, path)
+        images.append(fit_images(read_image_rgb(path)[None], resolution)[0])
+    return torch.stack(images)
+
+
 def resize_and_center_crop(batch: torch.Tensor, resolution: int) -> torch.Tensor:
     """[B,C,H,W] -> [B,C,res,res]: shorter side to `res` (antialiased bilinear), then centre crop."""
     resized = resize(batch, resolution, interpolation="bilinear", side="short", antialias=True)
@@ -503,6 +526,7 @@ def build_concept(
     grow_pixels: int = 0,
     feather_pixels: int = 0,
     mask: torch.Tensor | None = None,
+    class_images: torch.Tensor | None = None,
 ) -> Concept:
     """A concept from the folder's mask_`mask_index` (or an external MASK), cleaned and checked."""
     if not isinstance(dataset, MultiConceptDataset):
@@ -521,6 +545,19 @@ def build_concept(
     what = f"{source} after grow {grow_pixels} / feather {feather_pixels}" if changed else source
     fix = "move grow closer to 0, or redraw the mask." if changed else None
     check_mask_coverage(cleaned, dataset.image_names, f"{what} for image", fix)
+    if class_images is not None:
+        if class_images.ndim != 4 or class_images.shape[-1] < 3 or len(class_images) == 0:
+            raise TLInputError(
+                "class_images",
+                f"is not an IMAGE batch (got shape {tuple(class_images.shape)}).",
+                "connect an IMAGE output, e.g. VAE Decode after a KSampler prompted with the class word.",
+            )
+        class_images = fit_images(class_images, dataset.resolution)
     return Concept(
-        token=token, class_word=class_word, masks=cleaned.clone(), init_word=init_word, source=source
+        token=token,
+        class_word=class_word,
+        masks=cleaned.clone(),
+        init_word=init_word,
+        source=source,
+        class_images=class_images,
     )

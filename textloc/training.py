@@ -169,6 +169,7 @@ class _Trainer:
         self.history: list[dict[str, float]] = []
         self.start_step = 0
         self.resolutions: list[int] = []
+        self.token_positions: list[int] = []
 
     # --- set-up -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -225,6 +226,7 @@ class _Trainer:
         prompt = build_prompt_tokens(self.job.clip, self.prompt_text, self.tokens)
         cond, _ = encode(self.job.clip, prompt.tokens)
         columns = [prompt.positions[c.token][0] for c in self.concepts]
+        self.token_positions = columns
         return cond.to(self.device, torch.float32), columns
 
     def class_conditions(self) -> list[torch.Tensor]:
@@ -340,6 +342,7 @@ class _Trainer:
             trained=["q", "k", "v"] if cfg.train_q else ["k", "v"], train_token=cfg.train_token,
             base_model_family=host.model_family(self.job.model), base_hash=self.base_hash,
             dataset=self.job.dataset.name, pack_version=__version__, attention_resolutions=self.resolutions,
+            token_positions=self.token_positions,
             **({"localization": localization} if localization else {}),
         )
 

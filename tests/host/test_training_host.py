@@ -1,0 +1,153 @@
+"""The training loop on the real ComfyUI model classes and the tiny checkpoint, in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import pytest
+import torch
+from safetensors import safe_open
+
+from headless.paths import SAMPLE_DATA_DIR
+from headless.tiny_model import ensure_tiny_checkpoint
+from textloc.config import TrainConfig
+from textloc.dataset import build_concept, load_dataset
+from textloc.errors import TLInputError
+from textloc.kv_deltas import attach_deltas
+from textloc.run_files import plan_run
+from textloc.training import TrainingJob, TrainingStopped, train
+from textloc.weights import load_training_checkpoint, read_metadata
+
+RESOLUTION = 64
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """Model, CLIP and VAE loaded as the executor loads them: inside inference mode."""
+    with torch.inference_mode():
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+            str(ensure_tiny_checkpoint()), output_vae=True, output_clip=True)
+    return model, clip, vae
+
+
+def _dataset(concepts: list[tuple[str, str, int]], prior: bool = False):
+    with torch.inference_mode():
+        dataset = load_dataset(SAMPLE_DATA_DIR, "toy_pair", resolution=RESOLUTION)
+        for token, word, index in concepts:
+            class_images = dataset.images.flip(2) if prior else None
+            dataset = dataset.with_concept(build_concept(dataset, token=token, class_word=word, mask_index=index,
+                                                         class_images=class_images))
+    return dataset
+
+
+def _train(loaded, tmp_path: Path, dataset, name: str = "run", resume: bool = False, on_step=None, **config):
+    model, clip, vae = loaded
+    settings = {"steps": 3, "learning_rate": 1e-3, "prior_weight": 0.0, "checkpoint_every": 2} | config
+    run, resume_from = plan_run(tmp_path, name, resume)
+    job = TrainingJob(model=model, clip=clip, vae=vae, dataset=dataset, config=TrainConfig(**settings),
+                      run=run, resume_from=resume_from, on_step=on_step)
+    with torch.inference_mode():  # as inside ComfyUI's executor
+        return train(job)
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_only_kv_deltas_and_tokens_change_and_the_base_stays_identical(loaded, tmp_path: Path) -> None:
+    model, clip, _ = loaded
+    unet_before, clip_before = _state(model.model), _state(clip.cond_stage_model)
+    result = _train(loaded, tmp_path, _dataset([("tl_ball", "ball", 1)], prior=True), prior_weight=1.0)
+
+    attn2_kv = [n for n, _ in model.model.diffusion_model.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))]
+    assert sorted(result.kv_deltas) == sorted(f"diffusion_model.{n}.weight" for n in attn2_kv)
+    assert all(d.abs().max() > 0 for d in result.kv_deltas.values())
+    init = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight[
+        clip.tokenize("sks")["l"][0][1][0]].float()
+    assert not torch.allclose(result.token_vectors["tl_ball"]["clip_l"][0], init)
+    for key, value in _state(model.model).items():
+        assert torch.equal(value, unet_before[key]), f"base UNet changed at {key}"
+    for key, value in _state(clip.cond_stage_model).items():
+        assert torch.equal(value, clip_before[key]), f"base CLIP changed at {key}"
+    assert model.patches == {} and result.model.patches  # the trained MODEL is a patched clone
+    assert result.loss_history[-1]["prior"] > 0
+
+    with safe_open(result.run.kv_path, "pt") as f:
+        keys = list(f.keys())
+    assert sorted(keys) == sorted(f"diffusion_model.{n}.diff" for n in attn2_kv)
+    meta = read_metadata(result.run.kv_path)
+    for field in ("tokens", "class_words", "guidance", "attention_weight", "steps", "learning_rate",
+                  "resolution", "seed", "base_model_family", "base_hash", "pack_version"):
+        assert field in meta, field
+    assert "SD15" in meta["base_model_family"]
+    assert result.run.embedding_path("tl_ball").is_file()
+    assert result.run.loss_path.is_file()
+
+
+def test_token_position_follows_the_prompt_and_two_concepts_both_train(loaded, tmp_path: Path) -> None:
+    dataset = _dataset([("tl_ball", "ball", 1), ("tl_box", "box", 2)])
+    result = _train(loaded, tmp_path, dataset, steps=2, prompt="a toy scene with {concepts}",
+                    concept_phrase="the {token} {class}")
+    # <start> a toy scene with the <tl_ball> ball and the <tl_box> box
+    assert read_metadata(result.run.kv_path)["token_positions"] == "[6, 10]"
+    _, clip, _ = loaded
+    init = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight[
+        clip.tokenize("sks")["l"][0][1][0]].float()
+    for token in ("tl_ball", "tl_box"):
+        vector = result.token_vectors[token]["clip_l"][0]
+        assert (vector - init).abs().max() > 1e-4, f"{token} did not train"
+
+
+def test_resume_after_a_cancel_continues_the_same_loss_curve(loaded, tmp_path: Path) -> None:
+    dataset = _dataset([("tl_ball", "ball", 1)])
+    straight = _train(loaded, tmp_path, dataset, name="straight", steps=4)
+
+    class Cancel(Exception):
+        pass
+
+    def cancel_after_two(losses) -> None:
+        if losses.step == 3:
+            raise Cancel
+
+    with pytest.raises(Cancel):
+        _train(loaded, tmp_path, dataset, name="halted", steps=4, on_step=cancel_after_two)
+    checkpoints = sorted((tmp_path / "textual_localization" / "halted" / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["checkpoint-000002"]  # nothing half-written
+    assert load_training_checkpoint(checkpoints[0]).step == 2
+
+    resumed = _train(loaded, tmp_path, dataset, name="halted", resume=True, steps=4)
+    assert [h["step"] for h in resumed.loss_history] == [1, 2, 3, 4]
+    assert resumed.loss_history == straight.loss_history
+    for key, delta in straight.kv_deltas.items():
+        assert torch.equal(delta, resumed.kv_deltas[key])
+
+
+def test_nan_loss_stops_and_names_the_step_and_last_checkpoint(loaded, tmp_path: Path) -> None:
+    with pytest.raises(TrainingStopped) as caught:
+        _train(loaded, tmp_path, _dataset([("tl_ball", "ball", 1)]), steps=6, checkpoint_every=1,
+               learning_rate=1e30, grad_clip=1e30)
+    message = str(caught.value)
+    assert "at step" in message and "checkpoint-" in message
+    step = int(message.split("at step ")[1].split(";")[0])
+    assert f"checkpoint-{step - 1:06d}" in message
+    load_training_checkpoint(tmp_path / "textual_localization" / "run" / "checkpoints" / f"checkpoint-{step - 1:06d}")
+
+
+def test_no_concept_is_a_clear_error(loaded, tmp_path: Path) -> None:
+    with pytest.raises(TLInputError, match="Mask Target"):
+        _train(loaded, tmp_path, _dataset([]))
+
+
+def test_a_model_without_cross_attention_is_refused() -> None:
+    class NoCrossAttention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.diffusion_model = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.Linear(4, 4))
+
+    device = comfy.model_management.get_torch_device()
+    patcher = comfy.model_patcher.ModelPatcher(NoCrossAttention(), load_device=device, offload_device=device)
+    with pytest.raises(TLInputError, match="cross-attention"):
+        attach_deltas(patcher)
