@@ -31,9 +31,9 @@ def prepare_server(checkpoint: Path | None = None, input_dir: Path | None = None
     return server
 
 
-def build_prompt(server: ComfyServer, workflow_path: Path, overrides: Sequence[str] = (),
+def build_prompt(server: ComfyServer, workflow: dict[str, Any], overrides: Sequence[str] = (),
                  checkpoint_name: str | None = None) -> dict[str, Any]:
-    prompt = to_api_prompt(load_workflow(workflow_path), server.object_info())
+    prompt = to_api_prompt(workflow, server.object_info())
     if checkpoint_name:
         for node_id in (n for kind in CHECKPOINT_LOADERS for n in nodes_of_type(prompt, kind)):
             prompt[node_id]["inputs"]["ckpt_name"] = checkpoint_name
@@ -59,8 +59,9 @@ def run_workflow_file(workflow_path: Path, out_dir: Path, checkpoint: Path | Non
     try:
         server.start()
         name = Path(checkpoint).name if checkpoint else None
-        prompt = build_prompt(server, workflow_path, overrides, checkpoint_name=name)
-        result = server.run(prompt, timeout=timeout)
+        workflow = load_workflow(workflow_path)
+        prompt = build_prompt(server, workflow, overrides, checkpoint_name=name)
+        result = server.run(prompt, timeout=timeout, workflow=workflow)
         return result, collect_outputs(server, result, out_dir)
     finally:
         server.cleanup()

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,23 +206,32 @@ class ComfyServer:
         return self.get_bytes(f"/view?{query}")
 
     # --- running prompts ----------------------------------------------------------------
-    def run(self, prompt: dict[str, Any], timeout: float = 600.0) -> RunResult:
-        """Queue an API-format prompt, follow it on the websocket until it ends."""
-        return asyncio.run(self._run(prompt, timeout))
+    def run(self, prompt: dict[str, Any], timeout: float = 600.0, workflow: dict[str, Any] | None = None,
+            on_event: Callable[[dict[str, Any]], None] | None = None) -> RunResult:
+        """Queue an API-format prompt, follow it on the websocket until it ends.
 
-    async def _run(self, prompt: dict[str, Any], timeout: float) -> RunResult:
+        `workflow` (the editor-format graph) is sent the way the editor sends it, as
+        extra_pnginfo, so nodes that save the workflow beside their outputs receive it.
+        `on_event` sees every websocket event of this prompt as it arrives.
+        """
+        return asyncio.run(self._run(prompt, timeout, workflow, on_event))
+
+    async def _run(self, prompt: dict[str, Any], timeout: float, workflow: dict[str, Any] | None,
+                   on_event: Callable[[dict[str, Any]], None] | None) -> RunResult:
         started = time.monotonic()
         events: list[dict[str, Any]] = []
+        body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id}
+        if workflow is not None:
+            body["extra_data"] = {"extra_pnginfo": {"workflow": workflow}}
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{self.url}/ws?clientId={self.client_id}",
                                           max_msg_size=0) as ws:
-                async with session.post(f"{self.url}/prompt",
-                                        json={"prompt": prompt, "client_id": self.client_id}) as resp:
-                    body = await resp.json(content_type=None)
+                async with session.post(f"{self.url}/prompt", json=body) as resp:
+                    answer = await resp.json(content_type=None)
                     if resp.status != 200:
-                        raise WorkflowError(_describe_rejection(body), body)
-                prompt_id = body["prompt_id"]
-                status = await asyncio.wait_for(self._follow(ws, prompt_id, events), timeout)
+                        raise WorkflowError(_describe_rejection(answer), answer)
+                prompt_id = answer["prompt_id"]
+                status = await asyncio.wait_for(self._follow(ws, prompt_id, events, on_event), timeout)
             history = await self._history(session, prompt_id)
         result = RunResult(prompt_id, history, events, time.monotonic() - started)
         if status != "success":
@@ -231,8 +241,8 @@ class ComfyServer:
         return result
 
     @staticmethod
-    async def _follow(ws: aiohttp.ClientWebSocketResponse, prompt_id: str,
-                      events: list[dict[str, Any]]) -> str:
+    async def _follow(ws: aiohttp.ClientWebSocketResponse, prompt_id: str, events: list[dict[str, Any]],
+                      on_event: Callable[[dict[str, Any]], None] | None) -> str:
         async for msg in ws:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue  # binary frames carry preview images
@@ -241,6 +251,8 @@ class ComfyServer:
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
             events.append(event)
+            if on_event is not None:
+                on_event(event)
             kind = event.get("type")
             if kind == "execution_success":
                 return "success"

@@ -18,8 +18,6 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..textloc import host
-
 TRAIN_STEP_EVENT = "textloc.train.step"
 ROUTE = "/textual_localization/train_history"
 LOSS_KEYS = ("step", "total", "denoise", "prior", "attention")
@@ -52,7 +50,7 @@ class TrainHistory:
             steps = entry["steps"]
             steps.append({key: data.get(key) for key in LOSS_KEYS})
             if len(steps) > self.max_points:
-                del steps[-2::-2]  # drop every second point, keep the newest
+                del steps[1:-1:2]  # drop every second point, keep the first and the newest
 
     def get(self, node: str | None = None) -> dict[str, Any]:
         with self._lock:
@@ -89,6 +87,8 @@ def _on_event(event: str, data: dict[str, Any]) -> None:
 
 def _listen_to_training_events() -> None:
     """Have every event textloc sends pass through _on_event as well."""
+    from ..textloc import host
+
     add_listener = getattr(host, "add_event_listener", None)
     if add_listener is not None:
         add_listener(_on_event)

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in DEMO_WORKFLOWS:
             started = time.monotonic()
             print(f"running {name} ...", flush=True)
-            result = server.run(to_api_prompt(load_workflow(WORKFLOWS_DIR / name), info), timeout=3600)
+            workflow = load_workflow(WORKFLOWS_DIR / name)
+            result = server.run(to_api_prompt(workflow, info), timeout=3600, workflow=workflow)
             files = collect_outputs(server, result, out / Path(name).stem)
             print(f"  done in {time.monotonic() - started:.1f} s, {len(files)} files")
     except WorkflowError as err:

@@ -48,8 +48,163 @@ def dataset_preview() -> list[NodeSpec]:
     ]
 
 
+# Fast on a CPU with the tiny model: 128 px training data, a few dozen steps, 64 px samples in 4 steps.
+TRAIN_RESOLUTION = 128
+TRAIN_STEPS = 30
+TRAIN_LR = 2e-3
+SAMPLE_SIZE = 64
+SAMPLE_STEPS = 4
+BALL_PROMPT = "photo of a embedding:tl_ball ball"
+BALL_WEIGHTS = "textual_localization/tl_demo_ball.safetensors"  # written by tl_train_and_generate.json
+
+
+def _trainer(node_id: int, dataset: int, output_name: str, pos: tuple[float, float]) -> NodeSpec:
+    return NodeSpec(node_id, "TL_TrainKV", {"steps": TRAIN_STEPS, "learning_rate": TRAIN_LR, "prior_weight": 0.0,
+                                            "output_name": output_name},
+                    {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "dataset": (dataset, 0)},
+                    pos=pos, size=(340, 620))
+
+
+def _generate(first_id: int, model: tuple[int, int], clip: tuple[int, int], prompt: str, prefix: str,
+              x: float) -> list[NodeSpec]:
+    """CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage, ids first_id .. first_id + 5."""
+    enc, neg, empty, sampler, decode, save = range(first_id, first_id + 6)
+    return [
+        NodeSpec(enc, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(x, 80), size=(320, 120)),
+        NodeSpec(neg, "CLIPTextEncode", {"text": ""}, {"clip": clip}, pos=(x, 240), size=(320, 120),
+                 title="Negative"),
+        NodeSpec(empty, "EmptyLatentImage", {"width": SAMPLE_SIZE, "height": SAMPLE_SIZE, "batch_size": 1},
+                 pos=(x, 400), size=(320, 110)),
+        NodeSpec(sampler, "KSampler", {"seed": 1, "steps": SAMPLE_STEPS, "cfg": 7.0},
+                 {"model": model, "positive": (enc, 0), "negative": (neg, 0), "latent_image": (empty, 0)},
+                 pos=(x + 360, 80), size=(320, 270)),
+        NodeSpec(decode, "VAEDecode", {}, {"samples": (sampler, 0), "vae": (1, 2)}, pos=(x + 360, 390),
+                 size=(220, 50)),
+        NodeSpec(save, "SaveImage", {"filename_prefix": prefix}, {"images": (decode, 0)},
+                 pos=(x + 720, 80), size=(320, 300)),
+    ]
+
+
+def _show(node_id: int, model: tuple[int, int], clip: tuple[int, int], words: str, pos: tuple[float, float],
+          title: str | None = None, images: tuple[int, int] | None = None, prompt: str = BALL_PROMPT,
+          seed: int = 1) -> NodeSpec:
+    links = {"model": model, "clip": clip, "vae": (1, 2), **({"images": images} if images else {})}
+    return NodeSpec(node_id, "TL_ShowTokenAttention",
+                    {"text": prompt, "words": words, "seed": seed, "steps": SAMPLE_STEPS, "width": SAMPLE_SIZE,
+                     "height": SAMPLE_SIZE, "batch_size": 1, "denoise": 0.6},
+                    links, pos=pos, size=(340, 640), title=title)
+
+
+def train_and_generate() -> list[NodeSpec]:
+    """Train tl_ball on the sample photos, apply the result, generate with it and show its attention."""
+    return [
+        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+                 pos=(40, 240), size=(340, 130)),
+        NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
+                 {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+        _trainer(4, 3, "tl_demo_ball", pos=(420, 80)),
+        NodeSpec(5, "TL_ApplyWeights", {}, {"model": (1, 0), "clip": (1, 1), "tl_result": (4, 2)},
+                 pos=(800, 80), size=(320, 170)),
+        NodeSpec(6, "PreviewAny", {}, {"source": (5, 2)}, pos=(800, 300), size=(320, 100),
+                 title="Trigger text"),
+        *_generate(7, (5, 0), (5, 1), BALL_PROMPT, "tl_demo_ball", x=1160),
+        _show(13, (5, 0), (5, 1), "embedding:tl_ball, ball", pos=(1160, 560)),
+    ]
+
+
+def before_after_attention() -> list[NodeSpec]:
+    """The learned token's attention before training (both strengths 0: the base model and the init
+    word) and after, on the same prompt and seed: on new images and on the training photos."""
+    before = {"weights": BALL_WEIGHTS, "strength_model": 0.0, "strength_token": 0.0}
+    after = {"weights": BALL_WEIGHTS, "strength_model": 1.0, "strength_token": 1.0}
+    return [
+        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+                 pos=(40, 240), size=(340, 130)),
+        NodeSpec(3, "TL_ApplyWeights", before, {"model": (1, 0), "clip": (1, 1)}, pos=(420, 80),
+                 size=(320, 170), title="Before training (strengths 0)"),
+        NodeSpec(4, "TL_ApplyWeights", after, {"model": (1, 0), "clip": (1, 1)}, pos=(420, 300),
+                 size=(320, 170), title="After training"),
+        _show(5, (3, 0), (3, 1), "embedding:tl_ball, ball", pos=(780, 80), title="Before: new image"),
+        _show(6, (4, 0), (4, 1), "embedding:tl_ball, ball", pos=(1160, 80), title="After: new image"),
+        _show(7, (3, 0), (3, 1), "embedding:tl_ball", pos=(780, 760), title="Before: training photos",
+              images=(2, 1)),
+        _show(8, (4, 0), (4, 1), "embedding:tl_ball", pos=(1160, 760), title="After: training photos",
+              images=(2, 1)),
+        NodeSpec(9, "MaskToImage", {}, {"mask": (7, 2)}, pos=(1540, 760), size=(220, 50)),
+        NodeSpec(10, "PreviewImage", {}, {"images": (9, 0)}, pos=(1540, 840), size=(320, 300),
+                 title="Before: maps on the photos"),
+        NodeSpec(11, "MaskToImage", {}, {"mask": (8, 2)}, pos=(1900, 760), size=(220, 50)),
+        NodeSpec(12, "PreviewImage", {}, {"images": (11, 0)}, pos=(1900, 840), size=(320, 300),
+                 title="After: maps on the photos"),
+    ]
+
+
+def two_concepts() -> list[NodeSpec]:
+    """Learn the ball and the box together, then generate with both tokens."""
+    prompt = "photo of a embedding:tl_ball ball and a embedding:tl_box box"
+    return [
+        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+                 pos=(40, 240), size=(340, 130)),
+        NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
+                 {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+        NodeSpec(4, "TL_MaskTarget", {"mask_index": 2, "token": "tl_box", "class_word": "box"},
+                 {"dataset": (3, 0)}, pos=(40, 760), size=(320, 300)),
+        _trainer(5, 4, "tl_demo_pair", pos=(420, 80)),
+        NodeSpec(6, "TL_ApplyWeights", {}, {"model": (1, 0), "clip": (1, 1), "tl_result": (5, 2)},
+                 pos=(800, 80), size=(320, 170)),
+        NodeSpec(7, "PreviewAny", {}, {"source": (6, 2)}, pos=(800, 300), size=(320, 100),
+                 title="Trigger text"),
+        *_generate(8, (6, 0), (6, 1), prompt, "tl_demo_pair", x=1160),
+        _show(14, (6, 0), (6, 1), "embedding:tl_ball, embedding:tl_box", pos=(1160, 560), prompt=prompt),
+    ]
+
+
+def train() -> list[NodeSpec]:
+    """Train tl_ball with hard guidance and class-prior images generated in the same graph.
+
+    The prior images come from the base model prompted with the class word alone (the paper's
+    recipe); the trainer saves weights, token, checkpoints and loss history, and shows the
+    token's attention map next to its mask.
+    """
+    size = TRAIN_RESOLUTION
+    return [
+        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
+        NodeSpec(2, "CLIPTextEncode", {"text": "ball"}, {"clip": (1, 1)}, pos=(40, 240), size=(320, 100),
+                 title="Class prompt"),
+        NodeSpec(3, "CLIPTextEncode", {"text": ""}, {"clip": (1, 1)}, pos=(40, 380), size=(320, 100),
+                 title="Negative"),
+        NodeSpec(4, "EmptyLatentImage", {"width": size, "height": size, "batch_size": 4}, pos=(40, 520),
+                 size=(320, 110)),
+        NodeSpec(5, "KSampler", {"seed": 7, "steps": SAMPLE_STEPS, "cfg": 7.0},
+                 {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)},
+                 pos=(400, 240), size=(320, 270), title="Class images (prior)"),
+        NodeSpec(6, "VAEDecode", {}, {"samples": (5, 0), "vae": (1, 2)}, pos=(400, 550), size=(220, 50)),
+        NodeSpec(7, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+                 pos=(400, 80), size=(340, 130)),
+        NodeSpec(8, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
+                 {"dataset": (7, 0), "class_images": (6, 0)}, pos=(780, 80), size=(320, 340)),
+        NodeSpec(9, "TL_TrainKV", {"steps": TRAIN_STEPS, "learning_rate": TRAIN_LR, "output_name": "tl_ball",
+                                   "checkpoint_every": 10},
+                 {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "dataset": (8, 0)},
+                 pos=(1140, 80), size=(340, 620)),
+        NodeSpec(10, "LossGraphNode", {"filename_prefix": "tl_ball_loss"}, {"loss": (9, 3)},
+                 pos=(1520, 80), size=(320, 300)),
+        NodeSpec(11, "SaveImage", {"filename_prefix": "tl_ball_attention_vs_mask"}, {"images": (9, 4)},
+                 pos=(1520, 420), size=(320, 300)),
+        NodeSpec(12, "PreviewAny", {}, {"source": (9, 5)}, pos=(1140, 740), size=(320, 100),
+                 title="Trigger text"),
+    ]
+
+
 WORKFLOWS = {
     "tl_dataset_preview.json": dataset_preview,
+    "tl_train.json": train,
+    "tl_train_and_generate.json": train_and_generate,
+    "tl_before_after_attention.json": before_after_attention,
+    "tl_two_concepts.json": two_concepts,
 }
 
 

@@ -87,7 +87,7 @@ def is_weights_file(path: Path) -> bool:
     try:
         meta = read_metadata(path)
         ok = meta.get(META_FORMAT) == FORMAT_NAME and meta.get(META_KIND) == KIND_KV
-    except (TLInputError, OSError):
+    except (ValueError, OSError):  # TLInputError is a ValueError: any unreadable file is simply not listed
         ok = False
     _listing_cache[str(path)] = (stat.st_size, stat.st_mtime_ns, ok)
     return ok

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from textloc.errors import TLInputError
+from .errors import TLInputError
 
 Tokens = dict[str, list[list[tuple]]]
 

@@ -61,6 +61,7 @@ from .weights import (
 )
 
 NUM_TRAIN_TIMESTEPS = 1000
+KV_FILE_DTYPE = torch.float16  # half the size of fp32; the deltas are small next to the weights
 EVENT_STEP = "textloc.train.step"
 
 
@@ -356,7 +357,7 @@ class _Trainer:
     def save_final(self, steps_done: int, preview: torch.Tensor, meta: dict[str, str]) -> list[Path]:
         run = self.job.run
         files = [run.kv_path]
-        save_kv_deltas(run.kv_path, delta_tensors(self.deltas), meta)
+        save_kv_deltas(run.kv_path, delta_tensors(self.deltas), meta, dtype=KV_FILE_DTYPE)
         for token, tok in self.tokens.items():
             save_embedding(run.embedding_path(token), tok.state(), {**meta, "token": token})
             files.append(run.embedding_path(token))
@@ -430,7 +431,9 @@ def train(job: TrainingJob) -> TrainResult:
         localization = {"before": before, "after": after}
         meta = trainer.metadata(cfg.steps, localization)
         files = trainer.save_final(cfg.steps, preview, meta)
-        kv = delta_tensors(trainer.deltas)
+        # The MODEL output carries exactly what the K/V file holds (fp16), so the stock LoRA loader
+        # applied to the file gives the same model.
+        kv = {key: delta.to(KV_FILE_DTYPE) for key, delta in delta_tensors(trainer.deltas).items()}
         trained = job.model.clone()
         trained.add_patches(as_diff_patches(kv), 1.0)
         trigger = " and ".join(f"embedding:{c.token} {c.class_word}" for c in trainer.concepts)

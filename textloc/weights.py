@@ -32,8 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-import textloc
-from textloc.errors import TLInputError
+from . import __version__
+from .errors import TLInputError
 
 FORMAT_NAME = "textual-localization"
 FORMAT_VERSION = "1"
@@ -77,7 +77,7 @@ def build_metadata(**fields: Any) -> dict[str, str]:
     out = {
         META_FORMAT: FORMAT_NAME,
         META_FORMAT_VERSION: FORMAT_VERSION,
-        META_PACK_VERSION: textloc.__version__,
+        META_PACK_VERSION: __version__,
     }
     for key, value in fields.items():
         out[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -434,7 +434,7 @@ def save_training_checkpoint(
             META_KIND: KIND_TRAINER_STATE,
             META_FORMAT: FORMAT_NAME,
             META_FORMAT_VERSION: FORMAT_VERSION,
-            META_PACK_VERSION: textloc.__version__,
+            META_PACK_VERSION: __version__,
             "step": str(step),
             "param_names": json.dumps(list(param_names)),
             "param_groups": json.dumps(groups),
