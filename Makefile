@@ -14,12 +14,14 @@ $(COMFY)/comfyui_version.py:
 
 # ComfyUI's own requirements minus what this pack never uses (audio, upscalers) and minus
 # torch itself, which comes from the dev/CI pins in .ci/constraints.txt.
-$(SETUP_STAMP): $(COMFY)/comfyui_version.py requirements.txt requirements-dev.txt .ci/constraints.txt
+$(SETUP_STAMP): $(COMFY)/comfyui_version.py requirements.txt requirements-dev.txt .ci/constraints.txt \
+		scripts/install_browser.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c .ci/constraints.txt torch torchvision
 	grep -vE '^\s*(torch|torchvision|torchaudio|spandrel)\b' $(COMFY)/requirements.txt > $(VENV)/comfyui-requirements.txt
 	$(PY) -m pip install -q -c .ci/constraints.txt -r $(VENV)/comfyui-requirements.txt -r requirements-dev.txt
+	scripts/install_browser.sh
 	touch $@
 
 demo: setup

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .workflow import _extra_widget_values, _is_widget, _ordered_inputs
+from .workflow import _extra_widget_values, _is_widget, _ordered_inputs, default_value
 
 
 @dataclass
@@ -22,18 +22,6 @@ class NodeSpec:
     pos: tuple[float, float] = (0.0, 0.0)
     size: tuple[float, float] = (320.0, 160.0)
     title: str | None = None
-
-
-def _default_value(spec: list[Any]) -> Any:
-    kind, opts = spec[0], spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if "default" in opts:
-        return opts["default"]
-    if isinstance(kind, list):
-        return kind[0] if kind else ""
-    if kind == "COMBO":
-        options = opts.get("options") or [""]
-        return options[0]
-    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
 
 
 def build_ui_workflow(specs: list[NodeSpec], object_info: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +39,7 @@ def build_ui_workflow(specs: list[NodeSpec], object_info: dict[str, Any]) -> dic
         for name, input_spec in _ordered_inputs(info):
             is_widget = _is_widget(input_spec)
             if is_widget:
-                widgets_values.append(spec.widgets.get(name, _default_value(input_spec)))
+                widgets_values.append(spec.widgets.get(name, default_value(input_spec)))
                 if _extra_widget_values(name, input_spec):
                     widgets_values.append("fixed" if input_spec[0] == "INT" else "image")
             link_id = None

@@ -128,11 +128,24 @@ def _widget_inputs(node: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]
     inputs: dict[str, Any] = {}
     cursor = 0
     for name, spec in specs:
-        if cursor >= len(values):
-            break
+        if cursor >= len(values):  # a widget added after the file was saved: the editor uses its default
+            inputs[name] = default_value(spec)
+            continue
         inputs[name] = values[cursor]
         cursor += 1 + _extra_widget_values(name, spec)
     return inputs
+
+
+def default_value(spec: list[Any]) -> Any:
+    """The value the editor gives a widget that the saved file does not mention."""
+    kind, opts = spec[0], _options(spec)
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(kind, list):
+        return kind[0] if kind else ""
+    if kind == "COMBO":
+        return (opts.get("options") or [""])[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(kind)
 
 
 def to_api_prompt(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ class ShowTokenAttention(io.ComfyNode):
             display_name="Show Token Attention",
             category=f"{CATEGORY_ROOT}/attention",
             description=(
-                "Samples like KSampler (same seed gives the same images) and records the cross-attention of the "
+                "Samples like KSampler (same seed: the same images, up to rounding) and records the cross-attention of the "
                 "listed words, averaged over the sampling steps, as heatmaps over the images and as masks. "
                 "Works with learned tokens (embedding:NAME). Only this node's own copy of the model is hooked: "
                 "the MODEL input stays unchanged for other nodes. Connect photos to 'images' to see where the "

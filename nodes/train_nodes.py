@@ -5,7 +5,14 @@ from __future__ import annotations
 from comfy_api.latest import io, ui
 
 from ..textloc import host
-from ..textloc.config import DEFAULT_CONCEPT_PHRASE, DEFAULT_PROMPT, GUIDANCE_MODES, PRECISIONS, TrainConfig
+from ..textloc.config import (
+    CHECKPOINTING_MODES,
+    DEFAULT_CONCEPT_PHRASE,
+    DEFAULT_PROMPT,
+    GUIDANCE_MODES,
+    PRECISIONS,
+    TrainConfig,
+)
 from ..textloc.run_files import plan_run
 from ..textloc.training import TrainingJob, train
 from .common import CATEGORY_ROOT, DATASET_TYPE, RESULT_TYPE
@@ -70,9 +77,11 @@ class TrainTextualLocalization(io.ComfyNode):
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
                     "auto: fp32 on the CPU, bf16 on GPUs that have it, else fp16 (with loss scaling). "
                     "The trainable weights always stay fp32.")),
-                io.Boolean.Input("gradient_checkpointing", default=False, tooltip=(
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING_MODES), default="auto",
+                               tooltip=(
                     "Recompute activations in the backward pass: much less memory, about a third slower. "
-                    "Turn on for SD1.5 at 512 px on 8 GB cards and for SDXL.")),
+                    "auto: on for GPUs under 16 GB (SD1.5 at 512 px on an 8 GB card needs it) and for "
+                    "SDXL; off on the CPU.")),
                 io.Boolean.Input("train_token", default=True, tooltip=(
                     "Train each concept's token embedding (the paper does). Off: only W_K/W_V learn and the "
                     "token keeps its initial word's embedding.")),
@@ -107,7 +116,7 @@ class TrainTextualLocalization(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, dataset, guidance: str, attention_weight: float, steps: int,
                 learning_rate: float, batch_size: int, prior_weight: float, seed: int, checkpoint_every: int,
-                output_name: str, resume: bool, precision: str, gradient_checkpointing: bool,
+                output_name: str, resume: bool, precision: str, gradient_checkpointing: str,
                 train_token: bool, train_q: bool, prompt: str, concept_phrase: str, weight_decay: float,
                 grad_clip: float, preview_every: int, attention_size: int) -> io.NodeOutput:
         config = TrainConfig(

@@ -31,7 +31,7 @@ def dataset_preview() -> list[NodeSpec]:
     """Load the sample photos, define two concepts, preview images, masks and overlays."""
     return [
         NodeSpec(1, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": 512}, pos=(40, 80),
-                 size=(340, 130)),
+                 size=(340, 170)),
         NodeSpec(2, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (1, 0)}, pos=(430, 80), size=(320, 260)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 2, "token": "tl_box", "class_word": "box"},
@@ -100,7 +100,7 @@ def train_and_generate() -> list[NodeSpec]:
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
         NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
-                 pos=(40, 240), size=(340, 130)),
+                 pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
         _trainer(4, 3, "tl_demo_ball", pos=(420, 80)),
@@ -121,7 +121,7 @@ def before_after_attention() -> list[NodeSpec]:
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
         NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
-                 pos=(40, 240), size=(340, 130)),
+                 pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_ApplyWeights", before, {"model": (1, 0), "clip": (1, 1)}, pos=(420, 80),
                  size=(320, 170), title="Before training (strengths 0)"),
         NodeSpec(4, "TL_ApplyWeights", after, {"model": (1, 0), "clip": (1, 1)}, pos=(420, 300),
@@ -147,7 +147,7 @@ def two_concepts() -> list[NodeSpec]:
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
         NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
-                 pos=(40, 240), size=(340, 130)),
+                 pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
         NodeSpec(4, "TL_MaskTarget", {"mask_index": 2, "token": "tl_box", "class_word": "box"},
@@ -180,10 +180,10 @@ def train() -> list[NodeSpec]:
                  size=(320, 110)),
         NodeSpec(5, "KSampler", {"seed": 7, "steps": SAMPLE_STEPS, "cfg": 7.0},
                  {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)},
-                 pos=(400, 240), size=(320, 270), title="Class images (prior)"),
-        NodeSpec(6, "VAEDecode", {}, {"samples": (5, 0), "vae": (1, 2)}, pos=(400, 550), size=(220, 50)),
+                 pos=(400, 300), size=(320, 270), title="Class images (prior)"),
+        NodeSpec(6, "VAEDecode", {}, {"samples": (5, 0), "vae": (1, 2)}, pos=(400, 610), size=(220, 50)),
         NodeSpec(7, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
-                 pos=(400, 80), size=(340, 130)),
+                 pos=(400, 80), size=(340, 170)),
         NodeSpec(8, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (7, 0), "class_images": (6, 0)}, pos=(780, 80), size=(320, 340)),
         NodeSpec(9, "TL_TrainKV", {"steps": TRAIN_STEPS, "learning_rate": TRAIN_LR, "output_name": "tl_ball",

@@ -14,6 +14,11 @@ from .errors import TLInputError
 
 Guidance = Literal["hard", "soft", "none"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Checkpointing = Literal["auto", "on", "off"]
+CHECKPOINTING_MODES: tuple[str, ...] = ("auto", "on", "off")
+# "auto" turns activation checkpointing on for GPUs smaller than this (SD1.5 at 512 px with the
+# default batch needs it to fit in 8 GB) and for SDXL-sized UNets everywhere but the CPU.
+CHECKPOINTING_BELOW_BYTES = 16 * 1024**3
 GUIDANCE_MODES: tuple[str, ...] = ("hard", "soft", "none")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 BASE_LEARNING_RATE = 1e-5
@@ -38,7 +43,7 @@ class TrainConfig:
     prompt: str = DEFAULT_PROMPT
     concept_phrase: str = DEFAULT_CONCEPT_PHRASE
     precision: Precision = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Checkpointing = "auto"
     attention_size: int = 0
     preview_every: int = 10
 
@@ -68,6 +73,9 @@ class TrainConfig:
             if field_name not in self.concept_phrase:
                 raise TLInputError("concept_phrase", f"'{self.concept_phrase}' has no {field_name}.",
                                    f"write it like '{DEFAULT_CONCEPT_PHRASE}'.")
+        if self.gradient_checkpointing not in CHECKPOINTING_MODES:
+            raise TLInputError("gradient_checkpointing", f"'{self.gradient_checkpointing}' is unknown.",
+                               f"choose one of {', '.join(CHECKPOINTING_MODES)}.")
         if self.precision not in PRECISIONS:
             raise TLInputError("precision", f"'{self.precision}' is unknown.",
                                f"choose one of {', '.join(PRECISIONS)}.")
@@ -78,3 +86,12 @@ def instance_prompt(config: TrainConfig, concepts: list[tuple[str, str]]) -> str
     phrases = [config.concept_phrase.replace("{token}", word).replace("{class}", cls)
                for word, cls in concepts]
     return config.prompt.replace("{concepts}", " and ".join(phrases))
+
+
+def use_checkpointing(mode: str, device_type: str, device_memory_bytes: int, unet_parameters: int) -> bool:
+    """Resolve "auto": on for GPUs under 16 GB and for SDXL-sized UNets (over 2e9 parameters) on GPUs."""
+    if mode != "auto":
+        return mode == "on"
+    if device_type == "cpu":
+        return False
+    return device_memory_bytes < CHECKPOINTING_BELOW_BYTES or unet_parameters > 2_000_000_000

@@ -7,6 +7,7 @@ testable) without a ComfyUI installation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,22 @@ def progress_bar(total: int, node_id: str | None = None) -> Any:
     return comfy.utils.ProgressBar(total, node_id=node_id)
 
 
+_event_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+
+def add_event_listener(listener: Callable[[str, dict[str, Any]], None]) -> None:
+    """Also hand every send_event(event, data) to listener(event, data), in the sending thread.
+
+    The web routes keep the training history this way, so a reloaded page can redraw its chart.
+    """
+    if listener not in _event_listeners:
+        _event_listeners.append(listener)
+
+
 def send_event(event: str, data: dict[str, Any]) -> None:
     """Broadcast a websocket event to the browser (no-op when no server runs, e.g. in scripts)."""
+    for listener in _event_listeners:
+        listener(event, data)
     try:
         from server import PromptServer
     except ImportError:
@@ -79,3 +94,10 @@ def input_directory() -> Path:
 def model_family(model_patcher: Any) -> str:
     """Name of ComfyUI's detected model config (e.g. SD15, SD20, SDXL)."""
     return type(model_patcher.model.model_config).__name__
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of the compute device (0 for the CPU, where system RAM is used)."""
+    import comfy.model_management as mm
+
+    return 0 if device.type == "cpu" else int(mm.get_total_memory(device))

@@ -239,19 +239,23 @@ def word_maps(columns_maps: torch.Tensor, columns: Sequence[int], words: Sequenc
     )
 
 
+def check_normalization(mode: str) -> None:
+    if mode not in NORMALIZATIONS:
+        raise TLInputError("normalization", f"'{mode}' is unknown.", f"choose one of {', '.join(NORMALIZATIONS)}.")
+
+
 def normalize_maps(maps: torch.Tensor, mode: str, eps: float = 1e-8) -> torch.Tensor:
     """[R, words, H, W] -> 0..1. 'per word': each map min-max; 'across words': one min-max per image,
     so words stay comparable; 'none': the raw attention probabilities."""
+    check_normalization(mode)
     if mode == "per word":
         low = maps.amin(dim=(-2, -1), keepdim=True)
         high = maps.amax(dim=(-2, -1), keepdim=True)
     elif mode == "across words":
         low = maps.amin(dim=(-3, -2, -1), keepdim=True)
         high = maps.amax(dim=(-3, -2, -1), keepdim=True)
-    elif mode == "none":
-        return maps.clamp(0.0, 1.0)
     else:
-        raise TLInputError("normalization", f"'{mode}' is unknown.", f"choose one of {', '.join(NORMALIZATIONS)}.")
+        return maps.clamp(0.0, 1.0)
     return ((maps - low) / (high - low + eps)).clamp(0.0, 1.0)
 
 
@@ -302,10 +306,13 @@ def show_token_attention(
     end_percent: float = 1.0,
     normalization: str = "per word",
 ) -> TokenAttention:
-    """Sample `latent` with `sample` on a hooked clone of `model`; return images and per-word maps."""
+    """Sample `latent` with `sample` on a hooked clone of `model`; return images and per-word maps.
+
+    The images equal a plain run's up to rounding: captured layers compute their attention explicitly
+    in fp32 (fused kernels never expose the probabilities).
+    """
     check_timestep_range(start_percent, end_percent)
-    if normalization not in NORMALIZATIONS:
-        normalize_maps(torch.zeros(1, 1, 1, 1), normalization)  # raises the TLInputError
+    check_normalization(normalization)
     located = locate_words(clip, prompt, parse_words(words))
     columns = sorted({p for w in located for p in w.positions})
     high, low = sigma_range(model, start_percent, end_percent)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import __version__, host
 from .attention import AttentionRecorder, CaptureSpec, first_rows, install_recorder
-from .config import TrainConfig, instance_prompt
+from .config import TrainConfig, instance_prompt, use_checkpointing
 from .dataset import MultiConceptDataset, resize_and_center_crop
 from .errors import TLInputError
 from .grad_checkpointing import gradient_checkpointing
@@ -268,33 +268,37 @@ class _Trainer:
         self.resolutions = default_resolutions(r.height for r in self.recorder.records())
 
     def measure(self, timesteps: tuple[int, ...] = (250, 500, 750)) -> dict[str, list[float]]:
-        """Localization of each token on the training photos (no grad, fixed noise, own RNG).
+        """How each token's attention sits on the training photos (no grad, fixed noise, own RNG).
 
-        Returns per concept the share of attention inside its own mask, inside the other concepts'
-        masks, and the IoU, averaged over photos and the given timesteps.
+        Per concept, averaged over photos and timesteps: `mask_mse` (the hard-guidance objective),
+        `outside_energy` (the soft-guidance objective), `inside_own_mask` (share of the map's mass
+        on its object), `inside_other_objects` (share on the other objects' masks) and `iou`.
         """
         generator = torch.Generator().manual_seed(1234)
+        masks = torch.stack([c.masks for c in self.concepts], dim=1).to(self.device)  # [N, C, H, W]
+        targets = torch.stack(self.targets, dim=1)  # [N, C, S, S], as in training
+        objects = torch.cat([masks, self.job.dataset.folder_masks.to(self.device).transpose(0, 1)], dim=1)
+        others = (objects.amax(1, keepdim=True) - masks).clamp(0, 1)  # every other object's pixels
+        sums: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             context, columns = self.instance_condition()
             latents = self.base_model.process_latent_in(self.instance_latents)
-            total = None
             for t in timesteps:
                 self._capture(columns, len(latents), keep_graph=False, resolutions=self.resolutions)
                 noise = torch.randn(latents.shape, generator=generator).to(self.device)
                 sigma = self.base_model.model_sampling.sigma(torch.full((len(latents),), float(t))).to(self.device)
                 self._forward(latents, context.expand(len(latents), -1, -1), sigma, noise)
                 maps = token_attention_map(self.recorder.records(), self.resolutions, self.config.attention_size)
-                total = maps if total is None else total + maps
-        maps = (total / len(timesteps)).cpu()
-        masks = torch.stack([c.masks for c in self.concepts], dim=1)  # [N, C, H, W]
-        own = attention_mass_inside(maps, masks).mean(0)
-        iou = attention_iou(maps, masks).mean(0)
-        others = []
-        for c in range(len(self.concepts)):
-            rest = [k for k in range(len(self.concepts)) if k != c]
-            union = masks[:, rest].amax(1) if rest else torch.zeros_like(masks[:, c])
-            others.append(attention_mass_inside(maps[:, c], union).mean().item())
-        return {"inside_own_mask": own.tolist(), "inside_other_masks": others, "iou": iou.tolist()}
+                values = {
+                    "mask_mse": (maps - targets).square().mean((0, 2, 3)),
+                    "outside_energy": ((targets == 0) * maps.square()).mean((0, 2, 3)),
+                    "inside_own_mask": attention_mass_inside(maps, masks).mean(0),
+                    "inside_other_objects": attention_mass_inside(maps, others).mean(0),
+                    "iou": attention_iou(maps, masks).mean(0),
+                }
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0) + value.float().cpu() / len(timesteps)
+        return {name: [round(v, 6) for v in value.tolist()] for name, value in sums.items()}
 
     def step(self, step: int, class_conds: list[torch.Tensor]) -> tuple[StepLosses, torch.Tensor, int]:
         cfg = self.config
@@ -402,7 +406,11 @@ def train(job: TrainingJob) -> TrainResult:
             pbar = host.progress_bar(cfg.steps, job.node_id)
             pbar.update_absolute(trainer.start_step, cfg.steps)
             started, preview, last_checkpoint = time.monotonic(), None, job.resume_from
-            with gradient_checkpointing(trainer.base_model.diffusion_model, cfg.gradient_checkpointing):
+            unet = trainer.base_model.diffusion_model
+            checkpointing = use_checkpointing(cfg.gradient_checkpointing, trainer.device.type,
+                                              host.device_memory_bytes(trainer.device),
+                                              sum(p.numel() for p in unet.parameters()))
+            with gradient_checkpointing(unet, checkpointing):
                 for step in range(trainer.start_step, cfg.steps):
                     host.check_interrupted()
                     losses, maps, sample = trainer.step(step, class_conds)

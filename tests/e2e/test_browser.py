@@ -3,7 +3,8 @@
 Every example workflow loads without a missing-node dialog or console error, and the API prompt
 the frontend builds from it equals headless.workflow.to_api_prompt's. The training workflow is
 queued from the browser: the loss chart fills while it runs and comes back after a page reload.
-The node help panel shows the pack's docs, and the template browser's files are served.
+The node help panel shows the pack's docs, and the template browser lists the example workflows
+with their thumbnails.
 
 Screenshots go to test-artifacts/browser/. With TL_UPDATE_IMAGES=1 the run also refreshes
 docs/images/training-node.png, docs/images/token-attention.png and the template thumbnails
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,10 +88,12 @@ class Console:
 
     def __init__(self) -> None:
         self.entries: list[str] = []
+        self.responses: list[tuple[int, str]] = []
 
     def attach(self, page: Any) -> None:
         page.on("console", self._on_console)
         page.on("pageerror", lambda error: self.entries.append(f"page error: {error}"))
+        page.on("response", lambda response: self.responses.append((response.status, response.url)))
 
     def _on_console(self, message: Any) -> None:
         if message.type != "error":
@@ -154,8 +158,6 @@ def artifacts() -> Path:
 
 
 def _post_json(server: ComfyServer, path: str, value: Any) -> None:
-    import urllib.request
-
     request = urllib.request.Request(server.url + path, data=json.dumps(value).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=30).read()  # noqa: S310 (loopback)
@@ -288,8 +290,16 @@ def test_workflow_loads_and_frontend_prompt_equals_converter(page: Any, console:
     _focus_mode(page, True)
     shot = _screenshot_nodes(page, artifacts / f"workflow-{path.stem}.png")
     _focus_mode(page, False)
-    if UPDATE_IMAGES and path != TRAINING_WORKFLOW:
-        _save_thumbnail(shot, path.name)  # the training workflow's comes from its run (below)
+    if UPDATE_IMAGES and (path != TRAINING_WORKFLOW or not path.with_suffix(".jpg").exists()):
+        _save_thumbnail(shot, path.name)  # the training workflow's is replaced after its run (below)
+
+    # Saving in the editor keeps the file's widget values (the loss chart is not saved with them).
+    saved = page.evaluate("() => Object.fromEntries(app.graph.serialize().nodes.map((n) => [n.id, n.widgets_values]))")
+    for node in workflow["nodes"]:
+        if node["type"].startswith("TL_"):
+            assert len(saved[str(node["id"])]) == len(node["widgets_values"]), (
+                f"{path.name}: node {node['id']} ({node['type']}) saves {saved[str(node['id'])]}, "
+                f"the file has {node['widgets_values']}")
 
     frontend = page.evaluate("async () => (await app.graphToPrompt()).output")
     converter = to_api_prompt(workflow, object_info)
@@ -300,7 +310,8 @@ def test_workflow_loads_and_frontend_prompt_equals_converter(page: Any, console:
             assert node["_meta"] == converter[node_id]["_meta"], f"{path.name}: node {node_id} title differs"
 
 
-def test_template_browser_lists_every_workflow_with_a_thumbnail(comfy_server: ComfyServer) -> None:
+def test_template_browser_lists_every_workflow_with_a_thumbnail(page: Any, console: Console,
+                                                                comfy_server: ComfyServer, artifacts: Path) -> None:
     templates = comfy_server.get_json("/api/workflow_templates")
     assert sorted(templates.get(PACK_DIR_NAME, [])) == sorted(p.stem for p in WORKFLOW_FILES)
     for path in WORKFLOW_FILES:
@@ -312,6 +323,19 @@ def test_template_browser_lists_every_workflow_with_a_thumbnail(comfy_server: Co
         assert thumbnail.stat().st_size < 150_000, f"{thumbnail.name} is larger than 150 kB"
         data = comfy_server.get_bytes(f"/api/workflow_templates/{PACK_DIR_NAME}/{thumbnail.name}")
         assert data[:3] == b"\xff\xd8\xff", f"{thumbnail.name} is not served as a JPEG"
+
+    # Workflow > Browse Templates: the pack's own entry under Extensions shows every thumbnail.
+    mark = len(console.responses)
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(PACK_DIR_NAME).first.click(timeout=15_000)
+    page.wait_for_function("""(count) => [...document.querySelectorAll('.p-dialog img')].filter(
+        (img) => img.complete && img.naturalWidth > 0).length >= count""", arg=len(WORKFLOW_FILES), timeout=15_000)
+    page.screenshot(path=str(artifacts / "template-browser.png"))
+    page.locator(".p-dialog button:has(.pi-times)").first.click()
+    page.wait_for_function("() => !document.querySelector('.p-dialog')", timeout=10_000)
+    fetched = {url.rsplit("/", 1)[-1] for status, url in console.responses[mark:]
+               if status == 200 and f"/api/workflow_templates/{PACK_DIR_NAME}/" in url}
+    assert fetched >= {p.with_suffix(".jpg").name for p in WORKFLOW_FILES}, f"thumbnails fetched: {fetched}"
 
 
 @pytest.mark.parametrize("node_type", PACK_NODES)
@@ -393,7 +417,10 @@ def test_training_from_the_browser_fills_the_loss_chart(page: Any, console: Cons
         page.wait_for_timeout(500)
     assert prompt_id is not None, f"training did not finish in {TRAIN_TIMEOUT_S} s (chart points: {seen})"
     entry = comfy_server.get_json(f"/history/{prompt_id}")[prompt_id]
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "success", (
+        "the run failed: " + "; ".join(f"node {e.get('node_id')} ({e.get('node_type')}): {e.get('exception_message')}"
+                                       for e in errors) or json.dumps(entry["status"])[:3000])
     assert reloaded, (f"the run ended before the chart had {MID_RUN_POINTS} points and a preview "
                       f"(chart points: {seen})")
 

@@ -151,3 +151,17 @@ def test_a_model_without_cross_attention_is_refused() -> None:
     patcher = comfy.model_patcher.ModelPatcher(NoCrossAttention(), load_device=device, offload_device=device)
     with pytest.raises(TLInputError, match="cross-attention"):
         attach_deltas(patcher)
+
+
+def test_guidance_modes_move_the_map_the_way_their_loss_says(loaded, tmp_path: Path) -> None:
+    """hard pulls the map onto the mask, soft clears what lies outside it, none leaves attention alone."""
+    dataset = _dataset([("tl_ball", "ball", 1)])
+    runs = {mode: _train(loaded, tmp_path, dataset, name=mode, guidance=mode, steps=12).localization
+            for mode in ("hard", "soft", "none")}
+    before = runs["hard"]["before"]
+    assert runs["soft"]["before"] == before == runs["none"]["before"]  # same start, same measure
+    hard, soft, none = (runs[m]["after"] for m in ("hard", "soft", "none"))
+    assert hard["mask_mse"][0] < 0.6 * before["mask_mse"][0]
+    assert hard["mask_mse"][0] < 0.6 * none["mask_mse"][0]
+    assert soft["outside_energy"][0] < 0.6 * before["outside_energy"][0]
+    assert soft["outside_energy"][0] < 0.6 * none["outside_energy"][0]

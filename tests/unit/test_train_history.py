@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "nodes" / "web_routes.py"
+from textloc import train_history
 
 
 @pytest.fixture(scope="module")
 def web_routes():
-    spec = importlib.util.spec_from_file_location("tl_web_routes_under_test", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # without ComfyUI's server it adds no route
-    return module
+    return train_history
 
 
 def _step(step: int, node: str = "4", run: str = "tl_ball", total: float = 1.0) -> dict:

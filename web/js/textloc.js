@@ -167,39 +167,53 @@ class LossChart {
     ctx.strokeRect(0.5 * ratio, 0.5 * ratio, width - ratio, height - ratio);
     if (this.steps.length === 0) return;
 
-    let top = 0;
+    // Log scale: the attention loss is often 10-100x smaller than the denoising loss.
+    let low = Infinity;
+    let high = 0;
     for (const s of this.steps) {
       for (const series of SERIES) {
         const v = s[series.key];
-        if (Number.isFinite(v) && v > top) top = v;
+        if (Number.isFinite(v) && v > 0) {
+          low = Math.min(low, v);
+          high = Math.max(high, v);
+        }
       }
     }
-    top = top > 0 ? top * 1.05 : 1;
+    if (!(high > 0)) return;
+    low = Math.min(low, high / 10); // at least one decade
+    const logLow = Math.log10(low);
+    const logRange = Math.log10(high) - logLow;
     const first = this.steps[0].step;
     const lastStep = Math.max(this.max ?? 0, this.steps.at(-1).step, first + 1);
     const pad = 4 * ratio;
     const x = (step) => pad + ((step - first) / Math.max(1, lastStep - first)) * (width - 2 * pad);
-    const y = (v) => height - pad - (v / top) * (height - 2 * pad);
+    const y = (v) => height - pad - ((Math.log10(v) - logLow) / logRange) * (height - 2 * pad);
 
     ctx.fillStyle = themeColor("--descrip-text", "#999");
     ctx.font = `${10 * ratio}px sans-serif`;
+    ctx.textAlign = "right";
     ctx.textBaseline = "top";
-    ctx.fillText(formatLoss(top), pad + 2 * ratio, pad);
+    ctx.fillText(formatLoss(high), width - pad, pad);
+    ctx.textBaseline = "bottom";
+    ctx.fillText(`${formatLoss(low)} (log)`, width - pad, height - pad);
 
     const fg = themeColor("--fg-color", "#ddd");
     for (const series of SERIES) {
       ctx.strokeStyle = series.color ?? fg;
       ctx.lineWidth = (series.key === "total" ? 2 : 1.5) * ratio;
       ctx.beginPath();
-      let started = false;
+      let drawing = false;
       for (const s of this.steps) {
         const v = s[series.key];
-        if (!Number.isFinite(v)) continue;
-        if (started) ctx.lineTo(x(s.step), y(v));
+        if (!Number.isFinite(v) || v <= 0) {
+          drawing = false; // a gap: zero (e.g. no prior images) or not a number
+          continue;
+        }
+        if (drawing) ctx.lineTo(x(s.step), y(v));
         else ctx.moveTo(x(s.step), y(v));
-        started = true;
+        if (!drawing && this.steps.length === 1) ctx.lineTo(x(s.step) + 3 * ratio, y(v));
+        drawing = true;
       }
-      if (this.steps.length === 1 && started) ctx.lineTo(x(this.steps[0].step) + 2 * ratio, y(this.steps[0][series.key]));
       ctx.stroke();
     }
   }
@@ -224,10 +238,19 @@ function addChart(node) {
   return chart;
 }
 
+// The run of `entry` belongs to this node when its name is the node's output_name (or a fresh
+// output_name_2, _3 ... the trainer picked): another workflow may have a node with the same id.
+function isNodesRun(node, entry) {
+  const name = String(node.widgets?.find((w) => w.name === "output_name")?.value ?? "").trim();
+  return !name || !entry.run || entry.run === name || entry.run.startsWith(`${name}_`);
+}
+
 async function loadHistory(node) {
   try {
     const response = await api.fetchApi(`${HISTORY_URL}?node=${encodeURIComponent(String(node.id))}`);
-    if (response.ok) node.textlocChart?.setHistory(await response.json());
+    if (!response.ok) return;
+    const entry = await response.json();
+    if (isNodesRun(node, entry)) node.textlocChart?.setHistory(entry);
   } catch (error) {
     console.warn("Textual Localization: could not load the training history", error);
   }
