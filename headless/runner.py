@@ -40,16 +40,21 @@ def build_prompt(server: ComfyServer, workflow: dict[str, Any], overrides: Seque
     return apply_overrides(prompt, list(overrides))
 
 
-def collect_outputs(server: ComfyServer, result: RunResult, out_dir: Path) -> list[Path]:
-    """Images reported by output nodes, plus every file the run wrote under output/."""
-    saved = server.save_images(result, out_dir / "images")
+def copy_output_tree(server: ComfyServer, dest_dir: Path) -> list[Path]:
+    """Every file written under the server's output/ folder, copied with its sub-folders."""
+    copied = []
     for path in sorted(server.output_dir.rglob("*")):
         if path.is_file():
-            dest = out_dir / "files" / path.relative_to(server.output_dir)
+            dest = dest_dir / path.relative_to(server.output_dir)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest)
-            saved.append(dest)
-    return saved
+            copied.append(dest)
+    return copied
+
+
+def collect_outputs(server: ComfyServer, result: RunResult, out_dir: Path) -> list[Path]:
+    """Images reported by output nodes, plus every file the run wrote under output/."""
+    return server.save_images(result, out_dir / "images") + copy_output_tree(server, out_dir / "files")
 
 
 def run_workflow_file(workflow_path: Path, out_dir: Path, checkpoint: Path | None = None,

@@ -14,12 +14,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from headless.paths import WORKFLOWS_DIR  # noqa: E402
-from headless.runner import collect_outputs, prepare_server  # noqa: E402
+from headless.runner import copy_output_tree, prepare_server  # noqa: E402
 from headless.server import WorkflowError  # noqa: E402
 from headless.workflow import load_workflow, to_api_prompt  # noqa: E402
 
-# Run in this order; each writes into its own sub-folder of --out.
-DEMO_WORKFLOWS = ("tl_dataset_preview.json",)
+# The whole story, in this order (later workflows read what earlier ones trained). Each one's
+# pictures go to its own sub-folder of --out; everything written under ComfyUI's output/
+# (weights, tokens, checkpoints, loss history, attention pictures) is copied to --out/output/.
+DEMO_WORKFLOWS = (
+    "tl_dataset_preview.json",
+    "tl_train.json",
+    "tl_train_and_generate.json",
+    "tl_before_after_attention.json",
+    "tl_two_concepts.json",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {name} ...", flush=True)
             workflow = load_workflow(WORKFLOWS_DIR / name)
             result = server.run(to_api_prompt(workflow, info), timeout=3600, workflow=workflow)
-            files = collect_outputs(server, result, out / Path(name).stem)
-            print(f"  done in {time.monotonic() - started:.1f} s, {len(files)} files")
+            pictures = server.save_images(result, out / Path(name).stem)
+            print(f"  done in {time.monotonic() - started:.1f} s, {len(pictures)} pictures")
+        files = copy_output_tree(server, out / "output")
+        print(f"{len(files)} files written by the workflows copied to {out / 'output'}")
     except WorkflowError as err:
         print(f"demo failed: {err}\n--- server log (tail) ---\n{server.log_tail()}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ from PIL import Image
 from . import __version__, host
 from .attention import AttentionRecorder, CaptureSpec, first_rows, install_recorder
 from .config import TrainConfig, instance_prompt, use_checkpointing
-from .dataset import MultiConceptDataset, resize_and_center_crop
+from .dataset import MultiConceptDataset
 from .errors import TLInputError
 from .grad_checkpointing import gradient_checkpointing
 from .heatmap import side_by_side, stack_rows
@@ -171,6 +171,8 @@ class _Trainer:
         self.start_step = 0
         self.resolutions: list[int] = []
         self.token_positions: list[int] = []
+        self.instance_adm: torch.Tensor | None = None
+        self.instance_cache: tuple[torch.Tensor, list[int]] | None = None
 
     # --- set-up -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -186,14 +188,16 @@ class _Trainer:
         self.base_hash = kv_base_hash({k: self._base_weight(k) for k in self.deltas})
         self.tokens = {c.token: TrainableToken.from_clip(job.clip, c.token, c.init_word) for c in self.concepts}
         self.instance_latents = _encode_images(job.vae, job.dataset.images).to(self.device)
-        self.class_latents = [
-            _encode_images(job.vae, resize_and_center_crop(c.class_images, job.dataset.resolution)).to(self.device)
-            for c in self.concepts] if self.with_prior else []
+        # Mask Target has already fitted the class images to the dataset resolution.
+        self.class_latents = [_encode_images(job.vae, c.class_images).to(self.device)
+                              for c in self.concepts] if self.with_prior else []
         self.targets = [prepare_target_mask(c.masks, cfg.attention_size).to(self.device) for c in self.concepts]
         self.prompt_text = instance_prompt(cfg, [(c.token, c.class_word) for c in self.concepts])
         self.params: list[tuple[str, torch.nn.Parameter]] = [(key, d.delta) for key, d in self.deltas.items()]
-        if cfg.train_token:
-            for tok in self.tokens.values():
+        for tok in self.tokens.values():
+            for param in tok.parameters():
+                param.requires_grad_(cfg.train_token)
+            if cfg.train_token:
                 self.params.extend(tok.named_parameters())
         for _, p in self.params:
             p.requires_grad_(True)
@@ -225,29 +229,47 @@ class _Trainer:
     def instance_condition(self) -> tuple[torch.Tensor, list[int]]:
         """The instance prompt's conditioning (differentiable in the token vectors) and token columns."""
         prompt = build_prompt_tokens(self.job.clip, self.prompt_text, self.tokens)
-        cond, _ = encode(self.job.clip, prompt.tokens)
+        cond, pooled = encode(self.job.clip, prompt.tokens)
         columns = [prompt.positions[c.token][0] for c in self.concepts]
         self.token_positions = columns
+        self.instance_adm = self._adm(pooled)
         return cond.to(self.device, torch.float32), columns
 
-    def class_conditions(self) -> list[torch.Tensor]:
+    def _adm(self, pooled: torch.Tensor | None) -> torch.Tensor | None:
+        """SDXL-style UNets also take a vector of the pooled text embedding and the image size."""
+        if not getattr(self.base_model, "adm_channels", 0):
+            return None
+        size = self.job.dataset.resolution
+        adm = self.base_model.encode_adm(pooled_output=pooled, width=size, height=size, crop_w=0, crop_h=0,
+                                         target_width=size, target_height=size, device=self.device)
+        return None if adm is None else adm.to(self.device, torch.float32)
+
+    def class_conditions(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(cond, adm vector or None) of each concept's class word, the prior images' prompt."""
         conds = []
         with torch.no_grad():
             for c in self.concepts:
-                cond, _ = self.job.clip.encode_from_tokens(self.job.clip.tokenize(c.class_word), return_pooled=True)
-                conds.append(cond.to(self.device, torch.float32).clone())
+                cond, pooled = self.job.clip.encode_from_tokens(self.job.clip.tokenize(c.class_word),
+                                                                return_pooled=True)
+                conds.append((cond.to(self.device, torch.float32).clone(), self._adm(pooled)))
         return conds
 
     # --- passes -------------------------------------------------------------------------
+    @staticmethod
+    def _rows(adm: torch.Tensor | None, count: int) -> torch.Tensor | None:
+        return None if adm is None else adm[:1].expand(count, -1)
+
     def _forward(self, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
-                 noise: torch.Tensor) -> torch.Tensor:
+                 noise: torch.Tensor, adm: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted noise for a batch, from ComfyUI's apply_model (which returns x0)."""
         sampling = self.base_model.model_sampling
         xt = sampling.noise_scaling(sigmas, noise, x0)
+        extra = {} if adm is None else {"y": adm}
+        # apply_model writes per-call keys into transformer_options: give it its own copy.
+        options = dict(self.patcher.model_options["transformer_options"])
         with _autocast(self.device, self.config.precision):
-            denoised = self.base_model.apply_model(
-                xt, sigmas, c_crossattn=context,
-                transformer_options=self.patcher.model_options["transformer_options"])
+            denoised = self.base_model.apply_model(xt, sigmas, c_crossattn=context, transformer_options=options,
+                                                   **extra)
         return (xt - denoised.float()) / sigmas.view(-1, 1, 1, 1)
 
     def _capture(self, columns: list[int], rows: int, keep_graph: bool, resolutions: list[int] | None) -> None:
@@ -264,7 +286,7 @@ class _Trainer:
         with torch.no_grad():
             sigma = self.base_model.model_sampling.sigma(torch.tensor([500.0])).to(self.device)
             latent = self.base_model.process_latent_in(self.instance_latents[:1])
-            self._forward(latent, context[:1], sigma, torch.zeros_like(latent))
+            self._forward(latent, context[:1], sigma, torch.zeros_like(latent), self._rows(self.instance_adm, 1))
         self.resolutions = default_resolutions(r.height for r in self.recorder.records())
 
     def measure(self, timesteps: tuple[int, ...] = (250, 500, 750)) -> dict[str, list[float]]:
@@ -287,7 +309,8 @@ class _Trainer:
                 self._capture(columns, len(latents), keep_graph=False, resolutions=self.resolutions)
                 noise = torch.randn(latents.shape, generator=generator).to(self.device)
                 sigma = self.base_model.model_sampling.sigma(torch.full((len(latents),), float(t))).to(self.device)
-                self._forward(latents, context.expand(len(latents), -1, -1), sigma, noise)
+                self._forward(latents, context.expand(len(latents), -1, -1), sigma, noise,
+                              self._rows(self.instance_adm, len(latents)))
                 maps = token_attention_map(self.recorder.records(), self.resolutions, self.config.attention_size)
                 values = {
                     "mask_mse": (maps - targets).square().mean((0, 2, 3)),
@@ -300,25 +323,31 @@ class _Trainer:
                     sums[name] = sums.get(name, 0) + value.float().cpu() / len(timesteps)
         return {name: [round(v, 6) for v in value.tolist()] for name, value in sums.items()}
 
-    def step(self, step: int, class_conds: list[torch.Tensor]) -> tuple[StepLosses, torch.Tensor, int]:
+    def step(self, step: int, class_conds: list[tuple[torch.Tensor, torch.Tensor | None]]
+             ) -> tuple[StepLosses, torch.Tensor, int]:
         cfg = self.config
         batch = cfg.batch_size
-        context_inst, columns = self.instance_condition()
+        if cfg.train_token or self.instance_cache is None:  # a frozen token needs one encode only
+            self.instance_cache = self.instance_condition()
+        context_inst, columns = self.instance_cache
         inst_idx = _cycle(len(self.instance_latents), step, batch)
         x0_parts = [self.instance_latents[inst_idx]]
         ctx_parts = [context_inst.expand(batch, -1, -1)]
-        for latents, cond in zip(self.class_latents, class_conds, strict=True):
+        adm_parts = [self._rows(self.instance_adm, batch)]
+        for latents, (cond, adm) in zip(self.class_latents, class_conds, strict=True):
             x0_parts.append(latents[_cycle(len(latents), step, batch)])
             ctx_parts.append(cond.expand(batch, -1, -1))
+            adm_parts.append(self._rows(adm, batch))
         x0 = self.base_model.process_latent_in(torch.cat(x0_parts))
         context = torch.cat(ctx_parts)
+        adm_batch = None if adm_parts[0] is None else torch.cat(adm_parts)
         timesteps = torch.randint(0, NUM_TRAIN_TIMESTEPS, (len(x0),), generator=self.generator)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
         sigmas = self.base_model.model_sampling.sigma(timesteps.float()).to(self.device)
 
         use_attention = cfg.guidance != "none" and cfg.attention_weight > 0
         self._capture(columns, batch, keep_graph=use_attention, resolutions=self.resolutions)
-        eps = self._forward(x0, context, sigmas, noise)
+        eps = self._forward(x0, context, sigmas, noise, adm_batch)
         l_denoise = instance_denoise_loss(eps[:batch], noise[:batch])
         l_prior = prior_loss(eps[batch:], noise[batch:]) if self.with_prior else eps.new_zeros(())
         maps = token_attention_map(self.recorder.records(), self.resolutions, cfg.attention_size)

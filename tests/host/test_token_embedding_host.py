@@ -199,7 +199,9 @@ def test_gradient_reaches_each_concept_through_real_clip(sd15) -> None:
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert all(p.grad is None for p in clip.cond_stage_model.parameters())
     after = clip.cond_stage_model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    # bit-identical; NaN counts as equal (SD1.5 files carry no text_projection: ComfyUI leaves it uninitialised)
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, equal_nan=True, msg=k)
     assert not any(t.is_inference() for t in after.values())
 
 

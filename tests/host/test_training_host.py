@@ -68,10 +68,11 @@ def test_only_kv_deltas_and_tokens_change_and_the_base_stays_identical(loaded, t
     init = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight[
         clip.tokenize("sks")["l"][0][1][0]].float()
     assert not torch.allclose(result.token_vectors["tl_ball"]["clip_l"][0], init)
-    for key, value in _state(model.model).items():
-        assert torch.equal(value, unet_before[key]), f"base UNet changed at {key}"
-    for key, value in _state(clip.cond_stage_model).items():
-        assert torch.equal(value, clip_before[key]), f"base CLIP changed at {key}"
+    # bit-identical; NaN counts as equal (SD1.5 files carry no text_projection: ComfyUI leaves it uninitialised)
+    for before, after in ((unet_before, _state(model.model)), (clip_before, _state(clip.cond_stage_model))):
+        for key, value in after.items():
+            torch.testing.assert_close(value, before[key], rtol=0, atol=0, equal_nan=True,
+                                       msg=f"base model changed at {key}")
     assert model.patches == {} and result.model.patches  # the trained MODEL is a patched clone
     assert result.loss_history[-1]["prior"] > 0
 
@@ -156,7 +157,7 @@ def test_a_model_without_cross_attention_is_refused() -> None:
 def test_guidance_modes_move_the_map_the_way_their_loss_says(loaded, tmp_path: Path) -> None:
     """hard pulls the map onto the mask, soft clears what lies outside it, none leaves attention alone."""
     dataset = _dataset([("tl_ball", "ball", 1)])
-    runs = {mode: _train(loaded, tmp_path, dataset, name=mode, guidance=mode, steps=12).localization
+    runs = {mode: _train(loaded, tmp_path, dataset, name=mode, guidance=mode, steps=8).localization
             for mode in ("hard", "soft", "none")}
     before = runs["hard"]["before"]
     assert runs["soft"]["before"] == before == runs["none"]["before"]  # same start, same measure
@@ -165,3 +166,12 @@ def test_guidance_modes_move_the_map_the_way_their_loss_says(loaded, tmp_path: P
     assert hard["mask_mse"][0] < 0.6 * none["mask_mse"][0]
     assert soft["outside_energy"][0] < 0.6 * before["outside_energy"][0]
     assert soft["outside_energy"][0] < 0.6 * none["outside_energy"][0]
+
+
+def test_train_token_off_keeps_the_start_word_and_still_trains_kv(loaded, tmp_path: Path) -> None:
+    result = _train(loaded, tmp_path, _dataset([("tl_ball", "ball", 1)]), steps=2, train_token=False)
+    _, clip, _ = loaded
+    init = clip.cond_stage_model.clip_l.transformer.get_input_embeddings().weight[
+        clip.tokenize("sks")["l"][0][1][0]].float()
+    assert torch.equal(result.token_vectors["tl_ball"]["clip_l"][0], init)
+    assert all(d.abs().max() > 0 for d in result.kv_deltas.values())
