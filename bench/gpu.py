@@ -1,4 +1,4 @@
-"""The training benchmarks on one CUDA GPU with the full-size SD1.5 UNet at random init (about 5 minutes on an H100).
+"""The training benchmarks on one CUDA GPU with the full-size SD1.5 UNet at random init (meant for under 10 min on an H100).
 
 The UNet is ComfyUI's own SD1.5 architecture (860M parameters) with random weights in the dtype
 ComfyUI picks for the card; CLIP and the VAE (TAESD) come from the tiny checkpoint. Default
