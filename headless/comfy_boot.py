@@ -20,8 +20,14 @@ def boot_comfy(cpu: bool | None = None) -> None:
     if _booted:
         return
     root = str(require_comfyui())
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    # ComfyUI's `nodes.py` must win over this repository's `nodes/` package (the pack's adapters,
+    # only ever imported by ComfyUI as part of the pack): put ComfyUI first on the path.
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    shadow = sys.modules.get("nodes")
+    if shadow is not None and not str(getattr(shadow, "__file__", "")).startswith(root):
+        del sys.modules["nodes"]
     import comfy.options
 
     comfy.options.enable_args_parsing(False)

@@ -34,6 +34,7 @@ from .attention import AttentionRecord, AttentionRecorder, CaptureSpec, LayerKey
 from .errors import TLInputError
 from .heatmap import overlay
 from .losses import default_resolutions
+from .token_embedding import same_entry, token_entries, word_token_entries
 
 EMBEDDING_PREFIX = "embedding:"
 APPLY_MODEL_WRAPPER = "apply_model"  # comfy.patcher_extension.WrappersMP.APPLY_MODEL
@@ -66,41 +67,22 @@ def parse_words(text: str) -> list[str]:
     return words
 
 
-def _flat_entries(tokens: dict[str, list[list[tuple]]]) -> dict[str, list[Any]]:
-    """Each branch's token entries (ints or vectors) in conditioning order, chunks concatenated."""
-    return {key: [entry[0] for chunk in chunks for entry in chunk] for key, chunks in tokens.items()}
-
-
-def _word_entries(clip: Any, word: str) -> dict[str, list[Any]]:
-    """The entries a word becomes on its own: start, end and padding tokens (word id 0) removed."""
-    tokens = clip.tokenize(word, return_word_ids=True)
-    return {key: [e[0] for chunk in chunks for e in chunk if e[2] != 0] for key, chunks in tokens.items()}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return a.shape == b.shape and torch.equal(a, b)
-    if torch.is_tensor(a) or torch.is_tensor(b):
-        return False
-    return a == b
-
-
 def _occurrences(sequence: list[Any], pattern: list[Any]) -> list[int]:
     """Every position covered by an occurrence of `pattern` in `sequence`."""
     found: list[int] = []
     for start in range(len(sequence) - len(pattern) + 1):
-        if all(_same(sequence[start + i], p) for i, p in enumerate(pattern)):
+        if all(same_entry(sequence[start + i], p) for i, p in enumerate(pattern)):
             found.extend(range(start, start + len(pattern)))
     return sorted(set(found))
 
 
 def locate_words(clip: Any, prompt: str, words: Sequence[str]) -> list[WordTokens]:
     """The attention columns of each word in `prompt`, as ComfyUI's tokenizer lays the prompt out."""
-    prompt_entries = _flat_entries(clip.tokenize(prompt, return_word_ids=True))
+    prompt_entries = token_entries(clip.tokenize(prompt, return_word_ids=True))
     key = next(iter(prompt_entries))  # all branches share one layout (SDXL: l and g)
     located = []
     for word in words:
-        pattern = _word_entries(clip, word)[key]
+        pattern = word_token_entries(clip, word)[key]
         if word.startswith(EMBEDDING_PREFIX):
             pattern = [e for e in pattern if torch.is_tensor(e)]
             if not pattern:

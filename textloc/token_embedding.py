@@ -92,12 +92,12 @@ def find_embedding_positions(tokens: Mapping[str, list[list[tuple]]]) -> dict[st
     return out
 
 
-def _token_ids(tokens: Mapping[str, list[list[tuple]]]) -> dict[str, list[Any]]:
+def token_entries(tokens: Mapping[str, list[list[tuple]]]) -> dict[str, list[Any]]:
     """Flatten each branch to its sequence of token entries (ints or tensors)."""
     return {key: [entry[0] for chunk in chunks for entry in chunk] for key, chunks in tokens.items()}
 
 
-def _word_token_ids(clip: Any, word: str) -> dict[str, list[Any]]:
+def word_token_entries(clip: Any, word: str) -> dict[str, list[Any]]:
     """The tokens (start, end and padding removed) that `word` becomes in each branch."""
     tokens = clip.tokenize(word, return_word_ids=True)
     return {key: [e[0] for chunk in chunks for e in chunk if e[2] != 0] for key, chunks in tokens.items()}
@@ -109,7 +109,7 @@ def single_token_ids(clip: Any, word: str) -> dict[str, int]:
     if not word or _BAD_INIT_WORD.search(word) or word.startswith("embedding:"):
         raise TLInputError("init word", f"'{word}' must be one plain word (no spaces, brackets or ':').", fix)
     ids: dict[str, int] = {}
-    for key, found in _word_token_ids(clip, word).items():
+    for key, found in word_token_entries(clip, word).items():
         if len(found) != 1 or not isinstance(found[0], int):
             raise TLInputError("init word", f"'{word}' is {len(found)} tokens for text encoder '{key}'.", fix)
         ids[key] = found[0]
@@ -247,10 +247,10 @@ def _probe_word(clip: Any, avoid: set[int]) -> tuple[str, dict[str, int]]:
 
 
 def _diff_positions(base: list[Any], probe: list[Any]) -> list[int]:
-    return [i for i, (a, b) in enumerate(zip(base, probe, strict=True)) if not _same_entry(a, b)]
+    return [i for i, (a, b) in enumerate(zip(base, probe, strict=True)) if not same_entry(a, b)]
 
 
-def _same_entry(a: Any, b: Any) -> bool:
+def same_entry(a: Any, b: Any) -> bool:
     """Ints compare by value; vectors (from `embedding:NAME`, reloaded per tokenize) by value too."""
     if torch.is_tensor(a) and torch.is_tensor(b):
         return a.shape == b.shape and torch.equal(a, b)
@@ -286,7 +286,7 @@ def build_prompt_tokens(
     init_words = {name: tok.init_word for name, tok in placeholders.items()}
     text = _substitute(template_text, init_words)
     base_tokens = clip.tokenize(text, return_word_ids=True)
-    base_ids = _token_ids(base_tokens)
+    base_ids = token_entries(base_tokens)
     init_ids = {name: single_token_ids(clip, tok.init_word) for name, tok in placeholders.items()}
     avoid = {i for ids in init_ids.values() for i in ids.values()}
     probe, probe_ids = _probe_word(clip, avoid)
@@ -294,7 +294,7 @@ def build_prompt_tokens(
     positions: dict[str, list[int]] = {}
     for name in placeholders:
         probe_text = _substitute(template_text, {**init_words, name: probe})
-        other = _token_ids(clip.tokenize(probe_text, return_word_ids=True))
+        other = token_entries(clip.tokenize(probe_text, return_word_ids=True))
         found: dict[str, list[int]] = {}
         for key, seq in base_ids.items():
             diff = _diff_positions(seq, other[key]) if len(seq) == len(other[key]) else None

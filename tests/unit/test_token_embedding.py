@@ -56,10 +56,10 @@ def test_substitute_replaces_every_placeholder_once() -> None:
 
 
 def test_same_entry_compares_vectors_by_value() -> None:
-    assert te._same_entry(5, 5) and not te._same_entry(5, 6)
-    assert te._same_entry(torch.ones(3), torch.ones(3))
-    assert not te._same_entry(torch.ones(3), torch.zeros(3))
-    assert not te._same_entry(torch.ones(3), 1)
+    assert te.same_entry(5, 5) and not te.same_entry(5, 6)
+    assert te.same_entry(torch.ones(3), torch.ones(3))
+    assert not te.same_entry(torch.ones(3), torch.zeros(3))
+    assert not te.same_entry(torch.ones(3), 1)
 
 
 def test_make_autograd_safe_swaps_inference_tensors_keeping_values() -> None:
