@@ -27,7 +27,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))  # appended: ComfyUI's own modules (e.g. `nodes`) must stay in front
 
 RESULTS_DIR = ROOT / "bench" / "results"
 

@@ -40,4 +40,6 @@ def boot_comfy(cpu: bool | None = None) -> None:
     args.cpu = bool(cpu)
     import utils.extra_config  # noqa: F401  (must precede `nodes`, see module docstring)
 
+    import nodes  # noqa: F401  (ComfyUI's nodes.py, cached now, whatever joins sys.path later)
+
     _booted = True
