@@ -71,7 +71,9 @@ def test_text_encoder_holds_the_file_weights(checkpoint, loaded) -> None:
         stored = f.get_tensor(key)
     loaded_weight = clip.cond_stage_model.clip_l.transformer.text_model.encoder.layers[11].mlp.fc2.weight
     torch.testing.assert_close(loaded_weight.float().cpu(), stored.float())
-    assert all(torch.isfinite(p).all() for p in clip.cond_stage_model.parameters())
+    # SD1.5 files carry no text_projection: ComfyUI leaves it uninitialised memory (may hold NaN)
+    assert all(torch.isfinite(p).all() for name, p in clip.cond_stage_model.named_parameters()
+               if "text_projection" not in name)
 
 
 def test_layer_keys_cover_every_attn2_module(loaded) -> None:
