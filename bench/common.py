@@ -29,28 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # appended: ComfyUI's own modules (e.g. `nodes`) must stay in front
 
+from headless.tiny_model import TINY_UNET_CONFIG  # noqa: E402  (after the path set-up above)
+
 RESULTS_DIR = ROOT / "bench" / "results"
 
 # ComfyUI's UNetModel arguments for SD1.5 (as model detection reads them from a real checkpoint).
 SD15_UNET_CONFIG: dict[str, Any] = {
-    "image_size": 32,
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 320,
+    **TINY_UNET_CONFIG,  # the fixed SD1.5 fields (320 channels, 768 context, conv proj_in, 8 heads)
     "num_res_blocks": [2, 2, 2, 2],
     "channel_mult": [1, 2, 4, 4],
     "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-    "transformer_depth_middle": 1,
-    "context_dim": 768,
-    "use_linear_in_transformer": False,
-    "use_spatial_transformer": True,
-    "num_heads": 8,
-    "num_head_channels": -1,
-    "legacy": False,
-    "adm_in_channels": None,
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
 }
 
 # SD1.5's widths, heads and attention levels (maps at 64, 32, 16 and 8 at 512 px), one res block

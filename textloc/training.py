@@ -41,6 +41,7 @@ from .losses import (
 )
 from .run_files import RunFiles
 from .token_embedding import (
+    PromptTokens,
     TrainableToken,
     build_prompt_tokens,
     encode,
@@ -173,6 +174,7 @@ class _Trainer:
         self.token_positions: list[int] = []
         self.instance_adm: torch.Tensor | None = None
         self.instance_cache: tuple[torch.Tensor, list[int]] | None = None
+        self.prompt_tokens: PromptTokens | None = None
 
     # --- set-up -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -228,7 +230,9 @@ class _Trainer:
     # --- conditioning -------------------------------------------------------------------
     def instance_condition(self) -> tuple[torch.Tensor, list[int]]:
         """The instance prompt's conditioning (differentiable in the token vectors) and token columns."""
-        prompt = build_prompt_tokens(self.job.clip, self.prompt_text, self.tokens)
+        if self.prompt_tokens is None:  # the token entries hold the Parameters: tokenize once per run
+            self.prompt_tokens = build_prompt_tokens(self.job.clip, self.prompt_text, self.tokens)
+        prompt = self.prompt_tokens
         cond, pooled = encode(self.job.clip, prompt.tokens)
         columns = [prompt.positions[c.token][0] for c in self.concepts]
         self.token_positions = columns
