@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .paths import SAMPLE_DATA_DIR
+from .random_clip_vision import ensure_random_clip_vision
 from .server import ComfyServer, RunResult
 from .workflow import apply_overrides, load_workflow, nodes_of_type, to_api_prompt
 
@@ -25,6 +26,7 @@ def prepare_server(checkpoint: Path | None = None, input_dir: Path | None = None
     """A not-yet-started server with a checkpoint and the input data folders in place."""
     server = ComfyServer(base_dir=base_dir)
     server.add_checkpoint(checkpoint or default_checkpoint())
+    server.add_model("clip_vision", ensure_random_clip_vision())  # for tl_evaluate.json's scores
     source = input_dir or SAMPLE_DATA_DIR
     for folder in sorted(p for p in Path(source).iterdir() if p.is_dir()):
         server.add_input(folder)

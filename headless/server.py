@@ -117,8 +117,13 @@ class ComfyServer:
 
     def add_checkpoint(self, path: Path, name: str | None = None) -> str:
         """Link a checkpoint file into models/checkpoints; returns the name nodes use."""
+        return self.add_model("checkpoints", path, name)
+
+    def add_model(self, folder: str, path: Path, name: str | None = None) -> str:
+        """Link a model file into models/<folder> (e.g. clip_vision); returns the name nodes use."""
         name = name or Path(path).name
-        link = self.base_dir / "models" / "checkpoints" / name
+        link = self.base_dir / "models" / folder / name
+        link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             link.symlink_to(Path(path).resolve())
         return name

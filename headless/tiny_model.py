@@ -103,10 +103,12 @@ def _init_tensor(module: torch.nn.Module, name: str, shape: torch.Size, gen: tor
     if len(shape) >= 2:
         fan_in = math.prod(shape[1:])
         return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+    if name.endswith("_embedding"):  # a bare embedding vector, e.g. CLIP vision's class_embedding
+        return torch.randn(shape, generator=gen) * EMBEDDING_STD
     raise ValueError(f"no init rule for {type(module).__name__}.{name} {tuple(shape)}")
 
 
-def _random_state(root: torch.nn.Module, gen: torch.Generator, keep: str = "") -> dict[str, torch.Tensor]:
+def random_state(root: torch.nn.Module, gen: torch.Generator, keep: str = "") -> dict[str, torch.Tensor]:
     """Seeded values for the parameters of `root` under `keep`, in module order (the seed fixes them all)."""
     state: dict[str, torch.Tensor] = {}
     for module_name, module in root.named_modules():
@@ -127,7 +129,7 @@ def build_tiny_state_dict(seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for part, (prefix, module) in _meta_modules().items():
         keep = CLIP_KEEP if part == "clip" else ""
-        for key, value in _random_state(module, gen, keep).items():
+        for key, value in random_state(module, gen, keep).items():
             if part == "clip":
                 value = value.to(CLIP_STORE_DTYPE) if value.ndim >= 2 else value.half()
             elif part == "unet":

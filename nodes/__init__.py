@@ -9,10 +9,11 @@ from . import web_routes  # noqa: F401  (adds the training-history route)
 from .apply_nodes import ApplyTLWeights
 from .attention_nodes import ShowTokenAttention
 from .dataset_nodes import LoadMultiConceptDataset, MaskTarget
+from .evaluation_nodes import EvaluateTLImages
 from .train_nodes import TrainTextualLocalization
 
 NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (LoadMultiConceptDataset, MaskTarget, TrainTextualLocalization,
-                                                 ApplyTLWeights, ShowTokenAttention)
+                                                 ApplyTLWeights, ShowTokenAttention, EvaluateTLImages)
 
 # Trained tokens are written to output/embeddings; like output/loras for LoRAs (added by ComfyUI
 # itself), that folder joins the embedding search path so `embedding:TOKEN` works in any prompt.

@@ -9,7 +9,14 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..textloc import host
-from ..textloc.apply import NONE, apply_weights, load_weights_file, resolve_weights_name, weight_file_options
+from ..textloc.apply import (
+    NONE,
+    apply_weights,
+    load_weights_file,
+    resolve_weights_name,
+    weight_file_options,
+    weights_fingerprint,
+)
 from ..textloc.errors import TLInputError
 from ..textloc.trained import TrainedWeights
 from .common import CATEGORY_ROOT, RESULT_TYPE
@@ -104,6 +111,13 @@ class ApplyTLWeights(io.ComfyNode):
         """Names missing from the list (a workflow from elsewhere, a file added after start-up) get
         this pack's error at run time, which says what is wrong and how to fix it."""
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, weights: str = NONE, **_: object) -> tuple | str:
+        """A file trained again under the same name re-runs the node instead of serving the old weights."""
+        if not weights or weights == NONE:
+            return ""
+        return weights_fingerprint(weights, _lora_path, _embedding_path)
 
     @classmethod
     def execute(

@@ -11,7 +11,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..textloc.dataset import build_concept, load_class_images, load_dataset
+from ..textloc.dataset import build_concept, folder_fingerprint, load_class_images, load_dataset
 from ..textloc.masks import overlay
 from .common import CATEGORY_ROOT, DATASET_TYPE
 
@@ -89,6 +89,11 @@ class LoadMultiConceptDataset(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, folder: str, **_: object) -> tuple | str:
+        """Edited photos or masks re-run the node; ComfyUI would otherwise keep its cached result."""
+        return folder_fingerprint(Path(folder_paths.get_input_directory()), folder)
 
     @classmethod
     def execute(cls, folder: str, resolution: int, mask_threshold: float) -> io.NodeOutput:
@@ -208,6 +213,13 @@ class MaskTarget(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, class_images_folder: str = "", **_: object) -> tuple | str:
+        """Edited class images re-run the node (the dataset input changes on its own)."""
+        if not class_images_folder.strip():
+            return ""
+        return folder_fingerprint(Path(folder_paths.get_input_directory()), class_images_folder.strip())
 
     @classmethod
     def execute(

@@ -27,6 +27,7 @@ DEMO_WORKFLOWS = (
     "tl_train_and_generate.json",
     "tl_before_after_attention.json",
     "tl_two_concepts.json",
+    "tl_evaluate.json",
 )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from headless.paths import WORKFLOWS_DIR  # noqa: E402
+from headless.random_clip_vision import CLIP_VISION_PATH  # noqa: E402
 from headless.runner import prepare_server  # noqa: E402
 from headless.tiny_model import TINY_CHECKPOINT_PATH  # noqa: E402
 from headless.ui_builder import (
@@ -56,6 +57,8 @@ SAMPLE_SIZE = 64
 SAMPLE_STEPS = 4
 BALL_PROMPT = "photo of a embedding:tl_ball ball"
 BALL_WEIGHTS = "textual_localization/tl_demo_ball.safetensors"  # written by tl_train_and_generate.json
+CLIP_VISION = CLIP_VISION_PATH.name  # random weights for the demo; pick CLIP ViT-L/14 for real scores
+EVAL_BATCH = 4
 
 
 def _trainer(node_id: int, dataset: int, output_name: str, pos: tuple[float, float]) -> NodeSpec:
@@ -66,14 +69,14 @@ def _trainer(node_id: int, dataset: int, output_name: str, pos: tuple[float, flo
 
 
 def _generate(first_id: int, model: tuple[int, int], clip: tuple[int, int], prompt: str, prefix: str,
-              x: float) -> list[NodeSpec]:
+              x: float, batch_size: int = 1) -> list[NodeSpec]:
     """CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage, ids first_id .. first_id + 5."""
     enc, neg, empty, sampler, decode, save = range(first_id, first_id + 6)
     return [
         NodeSpec(enc, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(x, 80), size=(320, 120)),
         NodeSpec(neg, "CLIPTextEncode", {"text": ""}, {"clip": clip}, pos=(x, 240), size=(320, 120),
                  title="Negative"),
-        NodeSpec(empty, "EmptyLatentImage", {"width": SAMPLE_SIZE, "height": SAMPLE_SIZE, "batch_size": 1},
+        NodeSpec(empty, "EmptyLatentImage", {"width": SAMPLE_SIZE, "height": SAMPLE_SIZE, "batch_size": batch_size},
                  pos=(x, 400), size=(320, 110)),
         NodeSpec(sampler, "KSampler", {"seed": 1, "steps": SAMPLE_STEPS, "cfg": 7.0},
                  {"model": model, "positive": (enc, 0), "negative": (neg, 0), "latent_image": (empty, 0)},
@@ -141,6 +144,31 @@ def before_after_attention() -> list[NodeSpec]:
     ]
 
 
+def evaluate() -> list[NodeSpec]:
+    """Score images made with the trained ball (tl_train_and_generate.json) the way the paper does:
+    CLIP-I against the training photos, CLIP-T against the prompt without its identifier, KID when
+    installed, and the token's attention on the ball in the training photos."""
+    applied = {"weights": BALL_WEIGHTS, "strength_model": 1.0, "strength_token": 1.0}
+    return [
+        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+                 pos=(40, 240), size=(340, 170)),
+        NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
+                 {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+        NodeSpec(4, "TL_ApplyWeights", applied, {"model": (1, 0), "clip": (1, 1)}, pos=(420, 80),
+                 size=(320, 170)),
+        *_generate(5, (4, 0), (4, 1), BALL_PROMPT, "tl_eval_ball", x=780, batch_size=EVAL_BATCH),
+        _show(11, (4, 0), (4, 1), "embedding:tl_ball", pos=(420, 560), title="Attention on the training photos",
+              images=(2, 1)),
+        NodeSpec(12, "TL_EvaluateImages",
+                 {"clip_vision_name": CLIP_VISION, "prompt": BALL_PROMPT, "save_name": "tl_demo_ball"},
+                 {"images": (9, 0), "reference_images": (2, 1), "clip": (1, 1), "attention_maps": (11, 2),
+                  "object_masks": (3, 2)}, pos=(1500, 440), size=(360, 330)),
+        NodeSpec(13, "PreviewAny", {}, {"source": (12, 0)}, pos=(1900, 440), size=(360, 300),
+                 title="Scores"),
+    ]
+
+
 def two_concepts() -> list[NodeSpec]:
     """Learn the ball and the box together, then generate with both tokens."""
     prompt = "photo of a embedding:tl_ball ball and a embedding:tl_box box"
@@ -205,6 +233,7 @@ WORKFLOWS = {
     "tl_train_and_generate.json": train_and_generate,
     "tl_before_after_attention.json": before_after_attention,
     "tl_two_concepts.json": two_concepts,
+    "tl_evaluate.json": evaluate,
 }
 
 

@@ -131,6 +131,28 @@ def resolve_weights_name(name: str, resolve: Resolve, folders: list[str] | None 
     return path
 
 
+def weights_fingerprint(name: str, resolve: Resolve, find_embedding: Resolve) -> tuple | str:
+    """Size and mtime of a K/V file and of its tokens' embedding files.
+
+    Training again under the same run name rewrites the files, not the name: without this, ComfyUI
+    would keep serving the weights it loaded before. Unreadable names give the name itself, and the
+    node's error follows when it runs.
+    """
+    try:
+        found = resolve(name)
+        if found is None:
+            return name
+        paths = [Path(found)]
+        tokens = metadata_value(read_metadata(paths[0]), "tokens", [])
+        for token in tokens if isinstance(tokens, list) else []:
+            embedding = find_embedding(f"{token}{SAFETENSORS}")
+            if embedding is not None:
+                paths.append(Path(embedding))
+        return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    except (OSError, ValueError):
+        return name
+
+
 def _same_run(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
     shared = [k for k in RUN_KEYS if k in a and k in b]
     return bool(shared) and all(a[k] == b[k] for k in shared)

@@ -287,6 +287,21 @@ def resolve_input_folder(input_root: Path, folder: str) -> Path:
     return candidate
 
 
+def folder_fingerprint(input_root: Path, folder: str) -> tuple | str:
+    """What the files of a set folder look like now (relative path, size, mtime of every file).
+
+    ComfyUI re-runs a node only when its inputs change; the folder's name alone would keep serving
+    the photos it read before they were edited. A folder that cannot be read gives its name, and
+    the node's own error follows when it runs.
+    """
+    try:
+        root = resolve_input_folder(input_root, folder)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    except (OSError, TLInputError):
+        return str(folder)
+
+
 def find_samples(folder_path: Path) -> list[_Sample]:
     """Detect the layout and pair every photo with its masks, sorted by photo file name."""
     image_folders = [folder_path / name for name in IMAGE_FOLDERS if (folder_path / name).is_dir()]

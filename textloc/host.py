@@ -101,3 +101,20 @@ def device_memory_bytes(device: torch.device) -> int:
     import comfy.model_management as mm
 
     return 0 if device.type == "cpu" else int(mm.get_total_memory(device))
+
+
+def load_clip_vision(path: Path) -> Any:
+    """A CLIP vision model through ComfyUI's own loader (what the stock Load CLIP Vision node calls)."""
+    import comfy.clip_vision
+
+    model = comfy.clip_vision.load(str(path))
+    if model is None:
+        raise ValueError(f"{path} is not a CLIP vision model ComfyUI recognises")
+    return model
+
+
+def inception_weight_folders() -> list[Path]:
+    """Where a local copy of the KID Inception weights is looked for: models/inception/, torch hub's cache."""
+    import folder_paths
+
+    return [Path(folder_paths.models_dir) / "inception", Path(torch.hub.get_dir()) / "checkpoints"]

@@ -50,6 +50,7 @@ from .token_embedding import (
 )
 from .trained import TrainedWeights
 from .weights import (
+    atomic_write_text,
     build_metadata,
     capture_rng,
     kv_base_hash,
@@ -412,9 +413,7 @@ class _Trainer:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def _preview(maps: torch.Tensor, targets: list[torch.Tensor], sample: int) -> torch.Tensor:

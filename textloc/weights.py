@@ -133,6 +133,12 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never half of it."""
+    with _atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Atomic safetensors write of contiguous CPU tensors."""
     meta = _check_metadata(metadata)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from headless.paths import SAMPLE_DATA_DIR, WORKFLOWS_DIR
+from headless.random_clip_vision import ensure_random_clip_vision
 from headless.server import ComfyServer
 from headless.tiny_model import ensure_tiny_checkpoint
 from headless.workflow import load_workflow, to_api_prompt
@@ -28,6 +29,7 @@ def tiny_checkpoint() -> Path:
 def comfy_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
     server = ComfyServer(base_dir=tmp_path_factory.mktemp("comfy-base"))
     server.add_checkpoint(tiny_checkpoint)
+    server.add_model("clip_vision", ensure_random_clip_vision())
     for folder in sorted(p for p in SAMPLE_DATA_DIR.iterdir() if p.is_dir()):
         server.add_input(folder)
     server.start()

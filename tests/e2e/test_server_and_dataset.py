@@ -130,3 +130,19 @@ def test_folder_outside_input_is_refused(comfy_server: ComfyServer) -> None:
     with pytest.raises(WorkflowError) as caught:
         comfy_server.run(_dataset_prompt("../models"), timeout=60)
     assert "folder" in str(caught.value)
+
+
+def test_edited_set_is_read_again_not_served_from_the_cache(comfy_server: ComfyServer, broken_set) -> None:
+    """ComfyUI re-runs a node only when its inputs change; the loader's fingerprint covers the files."""
+    folder = broken_set("tl_edited_set")
+    prompt = _dataset_prompt("tl_edited_set")
+    first = _images(comfy_server, comfy_server.run(prompt, timeout=120), "3")
+    again = comfy_server.run(prompt, timeout=120)
+    assert "1" not in [e["node"] for e in again.events_of("executing") if e.get("node")]  # cached
+    mask_file = folder / "mask_1" / "01.png"
+    corner = Image.new("L", Image.open(mask_file).size, 0)
+    corner.paste(255, (0, 0, corner.width // 3, corner.height // 3))
+    corner.save(mask_file)
+    edited = comfy_server.run(prompt, timeout=120)
+    assert "1" in [e["node"] for e in edited.events_of("executing") if e.get("node")]
+    assert not np.array_equal(_images(comfy_server, edited, "3")[0], first[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -148,3 +149,22 @@ def test_trigger_lists_every_concept() -> None:
     weights = TrainedWeights(kv_deltas={}, token_vectors={"tl_ball": {}, "tl_box": {}},
                              metadata=build_metadata(class_words=["ball", "box"]))
     assert apply.trigger_text(weights) == "embedding:tl_ball ball and embedding:tl_box box"
+
+
+def test_weights_fingerprint_follows_the_files_not_the_name(tmp_path: Path) -> None:
+    """Training again under the same run name must re-run Apply (ComfyUI caches by input values)."""
+    kv = _write_run(tmp_path)
+    loras, embeddings = _lookup(tmp_path / "loras"), _lookup(tmp_path / "embeddings")
+    name = "textual_localization/run.safetensors"
+    first = apply.weights_fingerprint(name, loras, embeddings)
+    assert isinstance(first, tuple) and len(first) == 2  # the K/V file and its token's embedding
+    assert apply.weights_fingerprint(name, loras, embeddings) == first
+    save_embedding(tmp_path / "embeddings" / "tl_ball.safetensors", {"clip_l": torch.zeros(1, 768)},
+                   {**_meta(7), "token": "tl_ball"})
+    os.utime(tmp_path / "embeddings" / "tl_ball.safetensors", ns=(5, 5))
+    second = apply.weights_fingerprint(name, loras, embeddings)
+    assert second != first
+    _write_run(tmp_path, seed=43)
+    os.utime(kv, ns=(5, 5))
+    assert apply.weights_fingerprint(name, loras, embeddings) != second
+    assert apply.weights_fingerprint("missing.safetensors", loras, embeddings) == "missing.safetensors"

@@ -17,6 +17,7 @@ from textloc.dataset import (
     MultiConceptDataset,
     build_concept,
     fit_external_mask,
+    folder_fingerprint,
     load_dataset,
     validate_class_word,
     validate_init_word,
@@ -486,3 +487,19 @@ def test_sample_generator_matches_committed_files(tmp_path: Path) -> None:
     assert Image.open(committed / "resized" / "01.png").mode == "RGBA"
     assert np.asarray(Image.open(committed / "resized" / "01.png"))[..., 3].min() == 255
     assert max((committed / relative).stat().st_size for relative in files) < 30_000
+
+
+# --- cache fingerprint --------------------------------------------------------------------------
+
+
+def test_folder_fingerprint_changes_when_a_photo_or_mask_is_edited(tmp_path: Path) -> None:
+    folder = _authors_set(tmp_path)
+    first = folder_fingerprint(tmp_path, "set_a")
+    assert folder_fingerprint(tmp_path, "set_a") == first  # nothing changed: ComfyUI may keep its cache
+    _mask(rect=(0, 0, 10, 10)).save(folder / "mask_1" / "b.png")
+    os.utime(folder / "mask_1" / "b.png", ns=(1, 1))  # even with an old timestamp the size differs
+    second = folder_fingerprint(tmp_path, "set_a")
+    assert second != first
+    (folder / "resized" / "d.png").write_bytes((folder / "resized" / "a.png").read_bytes())
+    assert folder_fingerprint(tmp_path, "set_a") != second
+    assert folder_fingerprint(tmp_path, "../outside") == "../outside"  # the node's own error follows
