@@ -114,7 +114,7 @@ class ApplyTLWeights(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, weights: str = NONE, **_: object) -> tuple | str:
-        """A file trained again under the same name re-runs the node instead of serving the old weights."""
+        """A rewritten K/V or embedding file re-runs the node instead of serving the old weights."""
         if not weights or weights == NONE:
             return ""
         return weights_fingerprint(weights, _lora_path, _embedding_path)

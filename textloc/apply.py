@@ -134,8 +134,9 @@ def resolve_weights_name(name: str, resolve: Resolve, folders: list[str] | None 
 def weights_fingerprint(name: str, resolve: Resolve, find_embedding: Resolve) -> tuple | str:
     """Size and mtime of a K/V file and of its tokens' embedding files.
 
-    Training again under the same run name rewrites the files, not the name: without this, ComfyUI
-    would keep serving the weights it loaded before. Unreadable names give the name itself, and the
+    Resuming a run rewrites its K/V file under the same name, training a token again rewrites its
+    embedding file, and users copy files over old ones: without this, ComfyUI would keep serving the
+    weights it loaded before, because the dropdown value did not change. Unreadable names give the name itself, and the
     node's error follows when it runs.
     """
     try:
