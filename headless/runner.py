@@ -9,6 +9,7 @@ from typing import Any
 
 from .paths import SAMPLE_DATA_DIR
 from .random_clip_vision import ensure_random_clip_vision
+from .random_inception import ensure_random_inception
 from .server import ComfyServer, RunResult
 from .workflow import apply_overrides, load_workflow, nodes_of_type, to_api_prompt
 
@@ -26,7 +27,8 @@ def prepare_server(checkpoint: Path | None = None, input_dir: Path | None = None
     """A not-yet-started server with a checkpoint and the input data folders in place."""
     server = ComfyServer(base_dir=base_dir)
     server.add_checkpoint(checkpoint or default_checkpoint())
-    server.add_model("clip_vision", ensure_random_clip_vision())  # for tl_evaluate.json's scores
+    server.add_model("clip_vision", ensure_random_clip_vision())  # random encoders for tl_evaluate.json
+    server.add_model("inception", ensure_random_inception())
     source = input_dir or SAMPLE_DATA_DIR
     for folder in sorted(p for p in Path(source).iterdir() if p.is_dir()):
         server.add_input(folder)

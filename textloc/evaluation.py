@@ -16,6 +16,7 @@ public methods only; nothing here imports ComfyUI.
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from kornia.geometry.transform import resize
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from .errors import TLInputError
 from .localization import attention_iou, attention_mass_inside
@@ -190,20 +192,48 @@ def kid_images(images: torch.Tensor) -> torch.Tensor:
 
 
 def find_inception_weights(folders: list[Path]) -> Path | None:
-    """torch-fidelity's Inception weights in the given folders (torch hub's cache, models/inception/)."""
+    """torch-fidelity's Inception weights (.pth, or a .safetensors copy) in the given folders."""
+    stem = Path(INCEPTION_WEIGHTS_NAME).stem
     for folder in folders:
-        candidate = Path(folder) / INCEPTION_WEIGHTS_NAME
-        if candidate.is_file():
-            return candidate
+        for name in (INCEPTION_WEIGHTS_NAME, f"{stem}.safetensors"):
+            if (Path(folder) / name).is_file():
+                return Path(folder) / name
     return None
 
 
+def read_inception_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The Inception state dict from a .safetensors file, or a .pth read with weights_only=True, which
+    refuses pickled code (torch-fidelity itself would unpickle the file without that guard)."""
+    try:
+        if path.suffix.lower() == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every unreadable file gets the same advice
+        raise TLInputError(str(path), f"could not be read as plain Inception weights ({error}).",
+                           f"use torch-fidelity's released {INCEPTION_WEIGHTS_NAME} or a safetensors copy of it.") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TLInputError(str(path), "does not hold a plain state dict of tensors.",
+                           f"use torch-fidelity's released {INCEPTION_WEIGHTS_NAME}.")
+    return state
+
+
 def inception_feature_extractor(weights: Path) -> torch.nn.Module:
-    """The FID/KID Inception v3 (2048 features) from a local weights file; torchmetrics + torch-fidelity."""
+    """torch-fidelity's FID/KID Inception v3 (2048 features), through torchmetrics, from a local file.
+
+    torch-fidelity loads weights from a path only; it gets a copy written here from the checked tensors.
+    """
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                              feature_extractor_weights_path=str(weights))
+    state = read_inception_weights(Path(weights))
+    with tempfile.TemporaryDirectory() as folder:
+        checked = Path(folder) / INCEPTION_WEIGHTS_NAME
+        torch.save(state, checked)
+        try:
+            return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=str(checked))
+        except RuntimeError as error:  # load_state_dict: missing or misshapen tensors
+            raise TLInputError(str(weights), f"does not fit torch-fidelity's Inception v3 ({error}).",
+                               f"use torch-fidelity's released {INCEPTION_WEIGHTS_NAME}.") from error
 
 
 def kid_score(

@@ -113,8 +113,20 @@ def load_clip_vision(path: Path) -> Any:
     return model
 
 
-def inception_weight_folders() -> list[Path]:
-    """Where a local copy of the KID Inception weights is looked for: models/inception/, torch hub's cache."""
+INCEPTION_FOLDER = "inception"
+
+
+def register_inception_folder() -> None:
+    """models/inception/ joins ComfyUI's model folders (extra_model_paths.yaml can add more)."""
     import folder_paths
 
-    return [Path(folder_paths.models_dir) / "inception", Path(torch.hub.get_dir()) / "checkpoints"]
+    folder_paths.add_model_folder_path(INCEPTION_FOLDER, str(Path(folder_paths.models_dir) / INCEPTION_FOLDER))
+
+
+def inception_weight_folders() -> list[Path]:
+    """Where a local copy of the KID Inception weights is looked for: ComfyUI's inception model
+    folders, then torch hub's cache (where torch-fidelity downloads it)."""
+    import folder_paths
+
+    register_inception_folder()
+    return [*map(Path, folder_paths.get_folder_paths(INCEPTION_FOLDER)), Path(torch.hub.get_dir()) / "checkpoints"]

@@ -9,6 +9,7 @@ import pytest
 
 from headless.paths import SAMPLE_DATA_DIR, WORKFLOWS_DIR
 from headless.random_clip_vision import ensure_random_clip_vision
+from headless.random_inception import ensure_random_inception
 from headless.server import ComfyServer
 from headless.tiny_model import ensure_tiny_checkpoint
 from headless.workflow import load_workflow, to_api_prompt
@@ -30,6 +31,7 @@ def comfy_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
     server = ComfyServer(base_dir=tmp_path_factory.mktemp("comfy-base"))
     server.add_checkpoint(tiny_checkpoint)
     server.add_model("clip_vision", ensure_random_clip_vision())
+    server.add_model("inception", ensure_random_inception())
     for folder in sorted(p for p in SAMPLE_DATA_DIR.iterdir() if p.is_dir()):
         server.add_input(folder)
     server.start()

@@ -111,3 +111,35 @@ def test_bad_images_and_mask_counts_are_named() -> None:
         ev.evaluate("p", images, torch.rand(16, 16, 3), ev.Encoders())
     with pytest.raises(TLInputError, match="object_masks"):
         ev.evaluate("p", images, images, ev.Encoders(), torch.rand(3, 8, 8), torch.rand(2, 8, 8))
+
+
+def test_inception_weights_are_read_without_unpickling_code(tmp_path: Path) -> None:
+    plain = {"layer.weight": torch.ones(2, 2)}
+    torch.save(plain, tmp_path / "plain.pth")
+    save_file(plain, str(tmp_path / "plain.safetensors"))
+    for name in ("plain.pth", "plain.safetensors"):
+        assert torch.equal(ev.read_inception_weights(tmp_path / name)["layer.weight"], torch.ones(2, 2))
+    torch.save({"layer.weight": _PickledCode()}, tmp_path / "code.pth")
+    with pytest.raises(TLInputError, match="could not be read as plain Inception weights"):
+        ev.read_inception_weights(tmp_path / "code.pth")
+
+
+class _PickledCode:
+    """Any object that is not a tensor: weights_only loading refuses to rebuild it."""
+
+
+def test_inception_weights_are_found_under_either_name(tmp_path: Path) -> None:
+    assert ev.find_inception_weights([tmp_path]) is None
+    (tmp_path / "weights-inception-2015-12-05-6726825d.safetensors").write_bytes(b"")
+    assert ev.find_inception_weights([tmp_path / "missing", tmp_path]).suffix == ".safetensors"
+
+
+def test_kid_with_torch_fidelitys_inception_network() -> None:
+    """The node's KID path: torch-fidelity's network (random weights here) through torchmetrics."""
+    from headless.random_inception import ensure_random_inception
+
+    inception = ev.inception_feature_extractor(ensure_random_inception())
+    references = _images(0, 0.3)
+    same, _ = ev.kid_score(references, _images(1, 0.3, count=4), inception, subsets=10)
+    darker, _ = ev.kid_score(references, _images(2, 0.0, count=4), inception, subsets=10)
+    assert abs(same) < 0.1 * darker and darker > 0
