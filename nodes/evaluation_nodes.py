@@ -28,6 +28,18 @@ from .common import CATEGORY_ROOT
 
 NONE = "none"
 KID_MODES = ("auto", "off")
+_loaded_clip_vision: dict[tuple[str, int, int], object] = {}
+
+
+def _clip_vision(path: Path):
+    """The CLIP vision model of a file, kept between runs while the file is unchanged (a ViT-L/14 takes
+    seconds to read); ComfyUI's model management still moves it on and off the GPU."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _loaded_clip_vision:
+        _loaded_clip_vision.clear()
+        _loaded_clip_vision[key] = host.load_clip_vision(path)
+    return _loaded_clip_vision[key]
 
 
 def _encoders(clip, clip_vision_name: str, kid: str) -> Encoders:
@@ -41,7 +53,7 @@ def _encoders(clip, clip_vision_name: str, kid: str) -> Encoders:
             raise TLInputError("clip_vision_name", f"'{clip_vision_name}' is not in models/clip_vision/.",
                                "pick a file from the list (refresh the page after adding one).")
         try:
-            encoders.clip_vision = host.load_clip_vision(Path(path))
+            encoders.clip_vision = _clip_vision(Path(path))
         except ValueError as error:
             raise TLInputError("clip_vision_name", f"{error}.",
                                "use CLIP ViT-L/14 (openai/clip-vit-large-patch14), as the paper does.") from error
