@@ -22,6 +22,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -447,3 +448,25 @@ def test_training_from_the_browser_fills_the_loss_chart(page: Any, console: Cons
             shutil.copyfile(shown[0], DOC_IMAGES / "token-attention.png")
         _save_thumbnail(whole, path.name)
     assert trained.stat().st_size > 0
+
+
+def test_evaluation_scores_appear_on_the_node(page: Any, console: Console, comfy_server: ComfyServer,
+                                              workflow_prompt) -> None:
+    """tl_evaluate.json queued from the editor: the report lands in the node's read-only text box."""
+    if not (comfy_server.output_dir / "loras" / "textual_localization" / "tl_demo_ball.safetensors").is_file():
+        prompt = workflow_prompt("tl_train_and_generate.json")
+        prompt["4"]["inputs"]["steps"] = 2
+        with ThreadPoolExecutor(1) as pool:  # the server client runs its own event loop; Playwright holds this one
+            pool.submit(comfy_server.run, prompt, 600).result()
+    path = WORKFLOWS_DIR / "tl_evaluate.json"
+    workflow = load_workflow(path)
+    node_id = _node_id(workflow, "TL_EvaluateImages")
+    _load(page, workflow, path.name)
+    scores = f"() => app.graph.getNodeById({node_id}).widgets.find((w) => w.name === 'scores')?.value ?? null"
+    assert page.evaluate(scores) == "", "the evaluation node has no (empty) scores box"
+    mark = console.mark()
+    page.evaluate("async () => { await app.queuePrompt(0, 1); }")
+    page.wait_for_function(f"() => ({scores})()?.includes('CLIP-I:')", timeout=300_000)
+    text = page.evaluate(scores)
+    assert "CLIP-T text: photo of a ball" in text and "KID:" in text and "attention inside mask:" in text
+    assert not console.about_this_pack(console.since(mark)), console.since(mark)
