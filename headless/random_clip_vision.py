@@ -14,12 +14,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .comfy_boot import boot_comfy
 from .paths import CACHE_DIR, COMFYUI_DIR
-from .tiny_model import random_state
+from .tiny_model import is_current, random_state
 
 CLIP_VISION_PATH = CACHE_DIR / "models" / "tl_random_clip_vit_l14.safetensors"
 RECIPE_VERSION = "tl-random-clip-vit-l14/1"
@@ -57,10 +56,4 @@ def write_random_clip_vision(path: Path, seed: int = 0) -> Path:
 def ensure_random_clip_vision(path: Path | None = None) -> Path:
     """The cached file, built first when missing or from an older recipe."""
     path = Path(path) if path is not None else CLIP_VISION_PATH
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("recipe") == RECIPE_VERSION:
-                return path
-    except Exception:  # missing, truncated or not safetensors: build it
-        pass
-    return write_random_clip_vision(path)
+    return path if is_current(path, RECIPE_VERSION) else write_random_clip_vision(path)

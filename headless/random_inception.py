@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .paths import CACHE_DIR
+from .tiny_model import is_current
 
 INCEPTION_PATH = CACHE_DIR / "models" / "inception" / "weights-inception-2015-12-05-6726825d.safetensors"
 RECIPE_VERSION = "tl-random-inception/3"
@@ -31,19 +31,21 @@ def random_inception_state(seed: int = 0) -> dict[str, torch.Tensor]:
     import torchvision
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    torch.manual_seed(seed)
-    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
-    net.fc = torch.nn.Linear(2048, CLASSES)
-    with tempfile.TemporaryDirectory() as folder:
-        weights = Path(folder) / "init.pth"
-        torch.save({k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, weights)
-        fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
-    for module in fidelity.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # a plain average over the calibration batch
-            module.train()
-    with torch.no_grad():
-        fidelity(_calibration_images())
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
+        torch.manual_seed(seed)
+        net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
+        net.fc = torch.nn.Linear(2048, CLASSES)
+        with tempfile.TemporaryDirectory() as folder:
+            weights = Path(folder) / "init.pth"
+            torch.save({k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, weights)
+            fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                   feature_extractor_weights_path=str(weights))
+        for module in fidelity.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = None  # a plain average over the calibration batch
+                module.train()
+        with torch.no_grad():
+            fidelity(_calibration_images())
     return {k: v.contiguous() for k, v in fidelity.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
@@ -58,12 +60,8 @@ def _calibration_images() -> torch.Tensor:
 def ensure_random_inception(path: Path | None = None) -> Path:
     """The cached file, built first when missing or from an older recipe."""
     path = Path(path) if path is not None else INCEPTION_PATH
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get("recipe") == RECIPE_VERSION:
-                return path
-    except Exception:  # missing, truncated or not safetensors: build it
-        pass
+    if is_current(path, RECIPE_VERSION):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:

@@ -170,13 +170,13 @@ def write_tiny_checkpoint(path: Path, seed: int = DEFAULT_SEED) -> TinyCheckpoin
     return info
 
 
-def _is_current(path: Path) -> bool:
-    """True when `path` exists and was written by this recipe (a changed recipe rebuilds the cache)."""
+def is_current(path: Path, recipe: str) -> bool:
+    """True when a cached model file exists and was written by `recipe` (a changed recipe rebuilds it)."""
     if not path.is_file():
         return False
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("recipe") == RECIPE_VERSION
+            return (f.metadata() or {}).get("recipe") == recipe
     except Exception:  # truncated or not a safetensors file: rebuild it
         return False
 
@@ -184,6 +184,6 @@ def _is_current(path: Path) -> bool:
 def ensure_tiny_checkpoint(path: Path | None = None) -> Path:
     """Return the tiny checkpoint, building it first if it is missing or from an older recipe."""
     path = Path(path) if path is not None else TINY_CHECKPOINT_PATH
-    if not _is_current(path):
+    if not is_current(path, RECIPE_VERSION):
         write_tiny_checkpoint(path)
     return path
