@@ -130,6 +130,12 @@ class EvaluateTLImages(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, clip_vision_name: str) -> bool:
+        """A name missing from the list (a workflow shared from another machine) gets this pack's
+        error at run time, which says where the file belongs."""
+        return True
+
+    @classmethod
     def execute(cls, images: torch.Tensor, reference_images: torch.Tensor, clip, clip_vision_name: str,
                 prompt: str, kid: str, save_name: str, attention_maps: torch.Tensor | None = None,
                 object_masks: torch.Tensor | None = None) -> io.NodeOutput:

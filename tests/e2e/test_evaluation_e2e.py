@@ -55,3 +55,7 @@ def test_evaluate_refuses_a_file_that_is_not_a_clip_vision_model(comfy_server: C
         comfy_server.run(prompt, timeout=300)
     message = str(caught.value)
     assert "clip_vision_name" in message and "not a CLIP vision model" in message and "Fix:" in message
+    prompt["3"]["inputs"]["clip_vision_name"] = "from_another_machine.safetensors"
+    with pytest.raises(WorkflowError) as caught:
+        comfy_server.run(prompt, timeout=300)
+    assert "is not in models/clip_vision/" in str(caught.value) and "Fix:" in str(caught.value)
