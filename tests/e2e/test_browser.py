@@ -7,7 +7,7 @@ The node help panel shows the pack's docs, and the template browser lists the ex
 with their thumbnails.
 
 Screenshots go to test-artifacts/browser/. With TL_UPDATE_IMAGES=1 the run also refreshes
-docs/images/training-node.png, docs/images/token-attention.png and the template thumbnails
+docs/images/training-node.png, docs/images/token-attention.png, docs/images/evaluate-node.png and the template thumbnails
 workflows/<name>.jpg.
 
 Needs Chromium and Playwright for Python: scripts/install_browser.sh installs both.
@@ -451,7 +451,7 @@ def test_training_from_the_browser_fills_the_loss_chart(page: Any, console: Cons
 
 
 def test_evaluation_scores_appear_on_the_node(page: Any, console: Console, comfy_server: ComfyServer,
-                                              workflow_prompt) -> None:
+                                              workflow_prompt, artifacts: Path) -> None:
     """tl_evaluate.json queued from the editor: the report lands in the node's read-only text box."""
     if not (comfy_server.output_dir / "loras" / "textual_localization" / "tl_demo_ball.safetensors").is_file():
         prompt = workflow_prompt("tl_train_and_generate.json")
@@ -470,3 +470,9 @@ def test_evaluation_scores_appear_on_the_node(page: Any, console: Console, comfy
     text = page.evaluate(scores)
     assert "CLIP-T text: photo of a ball" in text and "KID:" in text and "attention inside mask:" in text
     assert not console.about_this_pack(console.since(mark)), console.since(mark)
+    _focus_mode(page, True)
+    shot = _screenshot_nodes(page, artifacts / "evaluate-node.png", [node_id])
+    _focus_mode(page, False)
+    if UPDATE_IMAGES:
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOC_IMAGES / "evaluate-node.png")
