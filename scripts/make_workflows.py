@@ -164,7 +164,7 @@ def evaluate() -> list[NodeSpec]:
                  {"clip_vision_name": CLIP_VISION, "prompt": BALL_PROMPT, "save_name": "tl_demo_ball"},
                  {"images": (9, 0), "reference_images": (2, 1), "clip": (1, 1), "attention_maps": (11, 2),
                   "object_masks": (3, 2)}, pos=(1500, 440), size=(400, 560)),
-        NodeSpec(13, "PreviewAny", {}, {"source": (12, 0)}, pos=(1900, 440), size=(360, 300),
+        NodeSpec(13, "PreviewAny", {}, {"source": (12, 0)}, pos=(1940, 440), size=(360, 300),
                  title="Scores"),
     ]
 
