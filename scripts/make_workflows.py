@@ -98,14 +98,21 @@ def _show(node_id: int, model: tuple[int, int], clip: tuple[int, int], words: st
                     links, pos=pos, size=(340, 640), title=title)
 
 
-def train_and_generate() -> list[NodeSpec]:
-    """Train tl_ball on the sample photos, apply the result, generate with it and show its attention."""
+def _ball_set() -> list[NodeSpec]:
+    """Nodes 1-3 of the ball workflows: the tiny checkpoint, the sample set at training size, the ball."""
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
         NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
                  pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+    ]
+
+
+def train_and_generate() -> list[NodeSpec]:
+    """Train tl_ball on the sample photos, apply the result, generate with it and show its attention."""
+    return [
+        *_ball_set(),
         _trainer(4, 3, "tl_demo_ball", pos=(420, 80)),
         NodeSpec(5, "TL_ApplyWeights", {}, {"model": (1, 0), "clip": (1, 1), "tl_result": (4, 2)},
                  pos=(800, 80), size=(320, 170)),
@@ -150,11 +157,7 @@ def evaluate() -> list[NodeSpec]:
     installed, and the token's attention on the ball in the training photos."""
     applied = {"weights": BALL_WEIGHTS, "strength_model": 1.0, "strength_token": 1.0}
     return [
-        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
-        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
-                 pos=(40, 240), size=(340, 170)),
-        NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
-                 {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+        *_ball_set(),
         NodeSpec(4, "TL_ApplyWeights", applied, {"model": (1, 0), "clip": (1, 1)}, pos=(420, 80),
                  size=(320, 170)),
         *_generate(5, (4, 0), (4, 1), BALL_PROMPT, "tl_eval_ball", x=780, batch_size=EVAL_BATCH),
@@ -173,11 +176,7 @@ def two_concepts() -> list[NodeSpec]:
     """Learn the ball and the box together, then generate with both tokens."""
     prompt = "photo of a embedding:tl_ball ball and a embedding:tl_box box"
     return [
-        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
-        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
-                 pos=(40, 240), size=(340, 170)),
-        NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
-                 {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+        *_ball_set(),
         NodeSpec(4, "TL_MaskTarget", {"mask_index": 2, "token": "tl_box", "class_word": "box"},
                  {"dataset": (3, 0)}, pos=(40, 760), size=(320, 300)),
         _trainer(5, 4, "tl_demo_pair", pos=(420, 80)),
