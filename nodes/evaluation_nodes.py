@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import folder_paths
 import torch
@@ -23,23 +25,23 @@ from ..textloc.evaluation import (
     inception_feature_extractor,
     read_text_projection,
 )
-from ..textloc.weights import atomic_write_text
+from ..textloc.run_files import RUN_NAME
+from ..textloc.weights import atomic_write_text, file_stamp
 from .common import CATEGORY_ROOT
 
 NONE = "none"
 KID_MODES = ("auto", "off")
-_loaded_clip_vision: dict[tuple[str, int, int], object] = {}
+_loaded: dict[str, tuple[tuple, Any]] = {}
 
 
-def _clip_vision(path: Path):
-    """The CLIP vision model of a file, kept between runs while the file is unchanged (a ViT-L/14 takes
-    seconds to read); ComfyUI's model management still moves it on and off the GPU."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _loaded_clip_vision:
-        _loaded_clip_vision.clear()
-        _loaded_clip_vision[key] = host.load_clip_vision(path)
-    return _loaded_clip_vision[key]
+def _load_once(kind: str, path: Path, load: Callable[[Path], Any]) -> Any:
+    """What `load` made of a file, kept between runs while the file is unchanged (one per kind): a
+    ViT-L/14 or an Inception network takes seconds to read. ComfyUI's model management still moves
+    the CLIP vision model on and off the GPU."""
+    key = (str(path), *file_stamp(path))
+    if kind not in _loaded or _loaded[kind][0] != key:
+        _loaded[kind] = (key, load(path))
+    return _loaded[kind][1]
 
 
 def _encoders(clip, clip_vision_name: str, kid: str) -> Encoders:
@@ -53,11 +55,11 @@ def _encoders(clip, clip_vision_name: str, kid: str) -> Encoders:
             raise TLInputError("clip_vision_name", f"'{clip_vision_name}' is not in models/clip_vision/.",
                                "pick a file from the list (refresh the page after adding one).")
         try:
-            encoders.clip_vision = _clip_vision(Path(path))
+            encoders.clip_vision = _load_once("clip_vision", Path(path), host.load_clip_vision)
         except ValueError as error:
             raise TLInputError("clip_vision_name", f"{error}.",
                                "use CLIP ViT-L/14 (openai/clip-vit-large-patch14), as the paper does.") from error
-        encoders.text_projection = read_text_projection(Path(path))
+        encoders.text_projection = _load_once("text_projection", Path(path), read_text_projection)
         if encoders.text_projection is None:
             encoders.missing["clip_t"] = (f"CLIP-T needs CLIP's text projection, which {clip_vision_name} does not hold "
                                           "(an image-tower-only file): use the full model.safetensors of "
@@ -73,7 +75,7 @@ def _encoders(clip, clip_vision_name: str, kid: str) -> Encoders:
         encoders.missing["kid"] = (f"KID needs the Inception weights {INCEPTION_WEIGHTS_NAME} (torch-fidelity's "
                                    f"release files) in {folders[0]}.")
         return encoders
-    encoders.kid_features = inception_feature_extractor(weights)
+    encoders.kid_features = _load_once("inception", weights, inception_feature_extractor)
     return encoders
 
 
@@ -144,9 +146,9 @@ class EvaluateTLImages(io.ComfyNode):
         report = scores.as_text()
         if save_name.strip():
             name = save_name.strip()
-            if not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            if not RUN_NAME.match(name):
                 raise TLInputError("save_name", f"'{name}' is not a usable file name.",
-                                   "use letters, digits, '_', '-' or '.'.")
+                                   "use letters, digits, '_', '-' or '.', starting with a letter or digit.")
             path = host.output_directory() / "textual_localization" / "evaluation" / f"{name}.json"
             atomic_write_text(path, json.dumps(scores.as_dict(), indent=2))
             report += f"\nsaved: {path}"

@@ -27,18 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from headless.comfy_boot import boot_comfy  # noqa: E402
 from textloc import host  # noqa: E402
-from textloc.dataset import fit_images  # noqa: E402
+from textloc.dataset import fit_images, image_files  # noqa: E402
 from textloc.errors import TLInputError  # noqa: E402
 from textloc.evaluation import (  # noqa: E402
     Encoders,
     EvaluationScores,
+    clip_image_features,
     evaluate,
     find_inception_weights,
     inception_feature_extractor,
     mean_scores,
     read_text_projection,
 )
-from textloc.images import is_supported_image, read_image_rgb, read_mask  # noqa: E402
+from textloc.images import read_image_rgb, read_mask  # noqa: E402
 from textloc.weights import atomic_write_text  # noqa: E402
 
 PROMPT_FILE = "prompt.txt"
@@ -64,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise TLInputError(str(folder), "is not a folder.", "give a folder of images.")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_supported_image(p))
+    files = image_files(folder)
     if not files:
         raise TLInputError(str(folder), "holds no images.", "put the PNG/JPEG files directly in it.")
     return files
@@ -127,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             maps = torch.stack([read_mask(p) for p in _image_files(args.attention_maps)])
             masks = torch.stack([read_mask(p) for p in _image_files(args.masks)])
         encoders = load_encoders(args)
+        reference_pooled = None  # the same photos for every prompt: encoded once
+        if encoders.clip_vision is not None:
+            reference_pooled = clip_image_features(encoders.clip_vision, references)[0]
         results: list[EvaluationScores] = []
         for prompt, folder in pairs:
-            scores = evaluate(prompt, read_images(folder), references, encoders, maps, masks)
+            scores = evaluate(prompt, read_images(folder), references, encoders, maps, masks, reference_pooled)
             print(scores.as_text(), end="\n\n", flush=True)
             results.append(scores)
     except TLInputError as error:

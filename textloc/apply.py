@@ -46,6 +46,7 @@ from .weights import (
     META_KIND,
     check_kv_deltas_match,
     checkpoint_dir_name,
+    file_stamp,
     load_embedding,
     load_kv_deltas,
     metadata_value,
@@ -149,7 +150,7 @@ def weights_fingerprint(name: str, resolve: Resolve, find_embedding: Resolve) ->
             embedding = find_embedding(f"{token}{SAFETENSORS}")
             if embedding is not None:
                 paths.append(Path(embedding))
-        return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+        return tuple((str(p), *file_stamp(p)) for p in paths)
     except (OSError, ValueError):
         return name
 

@@ -25,6 +25,7 @@ from kornia.geometry.transform import resize
 from .errors import TLInputError
 from .images import SUPPORTED_EXTENSIONS, is_supported_image, read_image_rgb, read_mask
 from .masks import binarize, check_mask_coverage, feather, grow
+from .weights import file_stamp
 
 IMAGE_FOLDERS: tuple[str, ...] = ("resized", "images")
 _TOKEN_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -237,7 +238,7 @@ def load_class_images(input_root: Path, folder: str, resolution: int) -> torch.T
     """Every image of a folder under input/ (class images for prior preservation), fitted to `resolution`."""
     root = Path(input_root).resolve()
     folder_path = resolve_input_folder(root, folder)
-    files = _image_files(folder_path)
+    files = image_files(folder_path)
     if not files:
         raise TLInputError(
             f"class images folder '{folder}'", "holds no images.",
@@ -297,7 +298,7 @@ def folder_fingerprint(input_root: Path, folder: str) -> tuple | str:
     try:
         root = resolve_input_folder(input_root, folder)
         files = sorted(p for p in root.rglob("*") if p.is_file())
-        return tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+        return tuple((str(p.relative_to(root)), *file_stamp(p)) for p in files)
     except (OSError, TLInputError):
         return str(folder)
 
@@ -317,13 +318,13 @@ def find_samples(folder_path: Path) -> list[_Sample]:
 
 
 def _authors_layout(folder_path: Path, image_folder: Path) -> list[_Sample]:
-    images = _image_files(image_folder)
+    images = image_files(image_folder)
     if not images:
         raise TLInputError(str(image_folder), "has no photos.", _LAYOUTS)
     image_by_stem = _by_stem(images)
     mask_files: list[dict[str, Path]] = []
     for mask_folder in _mask_folders(folder_path):
-        masks = _by_stem(_image_files(mask_folder))
+        masks = _by_stem(image_files(mask_folder))
         for stem, image in image_by_stem.items():
             if stem not in masks:
                 raise TLInputError(
@@ -372,7 +373,7 @@ def _mask_folders(folder_path: Path) -> list[Path]:
 def _flat_layout(folder_path: Path) -> list[_Sample]:
     images: list[Path] = []
     masks: dict[tuple[str, int], Path] = {}
-    for path in _image_files(folder_path):
+    for path in image_files(folder_path):
         match = _FLAT_MASK_RE.fullmatch(path.stem)
         if not match:
             images.append(path)
@@ -413,7 +414,7 @@ def _flat_layout(folder_path: Path) -> list[_Sample]:
     return samples
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     """Visible image files of a folder, sorted by name."""
     return sorted(
         (p for p in folder.iterdir() if p.is_file() and is_supported_image(p)), key=lambda p: p.name

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from .errors import TLInputError
 from .localization import attention_iou, attention_mass_inside
+from .token_attention import EMBEDDING_PREFIX
 
 KID_SUBSET_SIZE = 5  # the paper's: its 5 reference photos form one subset
 KID_SUBSETS = 100  # torchmetrics' default
@@ -38,7 +39,7 @@ KID_IMAGE_SIZE = 299
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
 CLIP_TEXT_WIDTH = 768  # CLIP ViT-L/14's text tower, the one SD1.x (and SDXL's clip_l) carries
 ENCODE_CHUNK = 8
-_EMBEDDING_RE = re.compile(r"\(?embedding:[^\s,()]+(?::[0-9.]+)?\)?", re.IGNORECASE)
+_EMBEDDING_RE = re.compile(rf"\(?{re.escape(EMBEDDING_PREFIX)}[^\s,()]+(?::[0-9.]+)?\)?", re.IGNORECASE)
 
 
 @dataclass
@@ -301,8 +302,13 @@ def evaluate(
     encoders: Encoders,
     attention_maps: torch.Tensor | None = None,
     object_masks: torch.Tensor | None = None,
+    reference_pooled: torch.Tensor | None = None,
 ) -> EvaluationScores:
-    """Every score the encoders allow for one prompt's generated images against the reference photos."""
+    """Every score the encoders allow for one prompt's generated images against the reference photos.
+
+    `reference_pooled` (clip_image_features(...)[0] of the references) spares encoding the same
+    photos again for every prompt.
+    """
     _check_images(generated, "images")
     _check_images(references, "reference_images")
     text = text_for_clip_t(prompt)
@@ -311,8 +317,9 @@ def evaluate(
     scores.notes.extend(encoders.missing.values())
     if encoders.clip_vision is not None:
         gen_pooled, gen_projected = clip_image_features(encoders.clip_vision, generated)
-        ref_pooled, _ = clip_image_features(encoders.clip_vision, references)
-        scores.clip_i = mean_pairwise_cosine(gen_pooled, ref_pooled)
+        if reference_pooled is None:
+            reference_pooled = clip_image_features(encoders.clip_vision, references)[0]
+        scores.clip_i = mean_pairwise_cosine(gen_pooled, reference_pooled)
         if encoders.clip is not None and encoders.text_projection is not None:
             text_embedding = clip_text_features(encoders.clip, [text], encoders.text_projection)
             if text_embedding.shape[-1] != gen_projected.shape[-1]:

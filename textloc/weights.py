@@ -133,6 +133,12 @@ def _atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime in ns): what changes when a file is rewritten, for cache keys and node fingerprints."""
+    stat = Path(path).stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file so that readers see the old or the new content, never half of it."""
     with _atomic_path(Path(path)) as tmp:
