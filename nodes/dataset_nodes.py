@@ -133,7 +133,9 @@ class MaskTarget(io.ComfyNode):
                     default="tl_concept",
                     tooltip=(
                         "Name of the new token: one word of letters, digits and underscores, starting with a "
-                        "letter (e.g. tl_doll). It becomes the embedding file name and embedding:tl_doll in prompts."
+                        "letter (e.g. tl_doll). It becomes the embedding file name and embedding:tl_doll in prompts. "
+                        "It must not be a word of the training prompt: not the class word (ball for a ball), "
+                        "not another concept's token or class word."
                     ),
                 ),
                 io.String.Input(

@@ -73,7 +73,8 @@ class TrainTextualLocalization(io.ComfyNode):
                     "overwritten: a fresh run gets _2, _3, ... unless resume is on.")),
                 io.Boolean.Input("resume", default=False, tooltip=(
                     "Continue run <output_name> from its latest checkpoint (weights, tokens, optimizer, step "
-                    "and random state), so the loss curve goes on as if never stopped.")),
+                    "and random state), so the loss curve goes on as if never stopped. A name without a "
+                    "checkpoint stops with the list of runs that can be resumed.")),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
                     "auto: fp32 on the CPU, bf16 on GPUs that have it, else fp16 (with loss scaling). "
                     "The trainable weights always stay fp32.")),

@@ -7,6 +7,8 @@ checkpoints every 50 / 100 steps, and the learning rate their --scale_lr gives o
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -81,11 +83,91 @@ class TrainConfig:
                                f"choose one of {', '.join(PRECISIONS)}.")
 
 
-def instance_prompt(config: TrainConfig, concepts: list[tuple[str, str]]) -> str:
-    """'photo of a <w1> ball and a <w2> box' from (word, class) pairs, in concept order."""
-    phrases = [config.concept_phrase.replace("{token}", word).replace("{class}", cls)
-               for word, cls in concepts]
-    return config.prompt.replace("{concepts}", " and ".join(phrases))
+def _expand(prompt: str, concept_phrase: str, concepts: Sequence[tuple[str, str]]) -> str:
+    phrases = [concept_phrase.replace("{token}", word).replace("{class}", cls) for word, cls in concepts]
+    return prompt.replace("{concepts}", " and ".join(phrases))
+
+
+def instance_prompt(config: TrainConfig, concepts: Sequence[tuple[str, str]]) -> str:
+    """'photo of a <w1> ball and a <w2> box' from (token, class) pairs, in concept order.
+
+    Refuses a token that the rest of the prompt also spells (see `check_token_clashes`).
+    """
+    check_token_clashes(concepts, config.prompt, config.concept_phrase)
+    return _expand(config.prompt, config.concept_phrase, concepts)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def prompt_words(text: str) -> list[str]:
+    """The runs of letters, digits and '_' in `text`: what a token name could collide with."""
+    return _WORD.findall(text)
+
+
+def suggest_token(token: str, taken: Sequence[str]) -> str:
+    """A token name that clashes with none of `taken`, e.g. tl_ball for 'ball'."""
+    base = token if token.lower().startswith("tl_") else f"tl_{token}"
+    lowered = {word.lower() for word in taken}
+    candidate, counter = base, 2
+    while candidate.lower() in lowered:
+        candidate, counter = f"{base}_{counter}", counter + 1
+    return candidate
+
+
+def _clash(token: str, word: str) -> str | None:
+    """How `token` collides with `word`: CLIP lowercases, so equal words clash whatever their case;
+    the trainer puts the vector on every place the token's text occurs, so a word holding it clashes too."""
+    if token.lower() == word.lower():
+        return "equals"
+    if token in word:
+        return "is part of"
+    return None
+
+
+def check_token_clashes(concepts: Sequence[tuple[str, str]], prompt: str | None = None,
+                        concept_phrase: str | None = None) -> None:
+    """Refuse a token that another part of the training prompt also spells.
+
+    The trainer replaces every occurrence of a token's text by the trainable vector and puts the
+    attention loss on the first, so a token equal to its class word ('ball' for class 'ball'), to
+    another concept's token or class word, or to a word of the prompt template ('photo') would train
+    and localize the wrong word. Only the concept's own {token} slot may hold it. `concepts` are
+    (token, class word) pairs. Without `prompt` (Mask Target, where the trainer's prompt is not yet
+    known) only the concepts' tokens and class words are compared.
+    """
+    template = DEFAULT_PROMPT if prompt is None else prompt
+    phrase = DEFAULT_CONCEPT_PHRASE if concept_phrase is None else concept_phrase
+    expanded = _expand(template, phrase, concepts)
+    shown = f"the default training prompt '{expanded}'" if prompt is None else f"the training prompt '{expanded}'"
+    # (word, how to name it, whether it belongs to the prompt template) for every word that is not a token slot
+    fixed: list[tuple[str, str, bool]] = []
+    if prompt is not None:
+        fixed += [(w, f"'{w}' in the prompt '{template}'", True)
+                  for w in prompt_words(template.replace("{concepts}", " "))]
+        fixed += [(w, f"'{w}' in the concept_phrase '{phrase}'", True)
+                  for w in prompt_words(phrase.replace("{token}", " ").replace("{class}", " "))]
+    taken = [w for t, c in concepts for w in (t, *prompt_words(c))] + [w for w, _, _ in fixed]
+    for index, (token, class_word) in enumerate(concepts):
+        others = [concept for i, concept in enumerate(concepts) if i != index]
+        # the later of two equal tokens is the one to rename
+        places = [(t, f"'{t}', the token of another concept", False)
+                  for t, _ in concepts[:index] if t.lower() == token.lower()]
+        places += [(w, f"'{w}' in its class word '{class_word}'", False) for w in prompt_words(class_word)]
+        places += [(w, f"'{w}' in the class word '{c}' of the concept '{t}'", False)
+                   for t, c in others for w in prompt_words(c)]
+        for word, described, in_template in places + fixed:
+            relation = _clash(token, word)
+            if relation is None:
+                continue
+            also = f", or take '{word}' out of the prompt" if in_template else ""
+            raise TLInputError(
+                "token",
+                f"'{token}' {relation} {described}, so {shown} spells it more than once: every occurrence "
+                "would become the learned vector and the attention loss would land on the wrong word. Only "
+                "the concept's own place in the prompt may hold its token.",
+                f"rename the token, e.g. {suggest_token(token, taken)}{also}.",
+            )
 
 
 def use_checkpointing(mode: str, device_type: str, device_memory_bytes: int, unet_parameters: int) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from kornia.geometry.transform import resize
 
+from .config import check_token_clashes
 from .errors import TLInputError
 from .images import SUPPORTED_EXTENSIONS, is_supported_image, read_image_rgb, read_mask
 from .masks import binarize, check_mask_coverage, feather, grow
@@ -169,13 +170,15 @@ class MultiConceptDataset:
     def with_concept(self, concept: Concept) -> MultiConceptDataset:
         """A new dataset with `concept` added; this one is left unchanged."""
         for existing in self.concepts:
-            if existing.token == concept.token:
+            if existing.token.lower() == concept.token.lower():  # CLIP lowercases: 'TL_ball' is 'tl_ball'
                 raise TLInputError(
                     "token",
                     f"{concept.token!r} is already used by another concept of this dataset ({existing.source}).",
                     f"give each Mask Target its own token, e.g. {concept.token}_2.",
                 )
-        return dataclasses.replace(self, concepts=(*self.concepts, concept))
+        concepts = (*self.concepts, concept)
+        check_token_clashes([(c.token, c.class_word) for c in concepts])
+        return dataclasses.replace(self, concepts=concepts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,6 +555,7 @@ def build_concept(
     token = validate_token_name(token)
     class_word = validate_class_word(class_word)
     init_word = validate_init_word(init_word)
+    check_token_clashes([(token, class_word)])  # the rest of the prompt is checked by the trainer
     if mask is not None:
         base, source = fit_external_mask(mask, dataset), "MASK input"
     else:

@@ -70,18 +70,40 @@ class RunFiles:
         return self.kv_path.exists() or self.run_dir.exists()
 
 
+def resumable_runs(output_dir: Path) -> list[str]:
+    """Names of the runs under output/textual_localization/ that have a checkpoint to resume from."""
+    root = Path(output_dir) / PACK_FOLDER
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir()
+                  if child.is_dir() and latest_checkpoint(RunFiles(child.name, output_dir).checkpoints_dir))
+
+
 def plan_run(output_dir: Path, name: str, resume: bool) -> tuple[RunFiles, Path | None]:
     """The run to write, and the checkpoint to resume from (None for a fresh start).
 
-    resume=True continues `name` from its latest checkpoint (or starts it if it has none);
-    resume=False never touches an existing run: it picks `name_2`, `name_3`, ...
+    resume=True continues `name` from its latest checkpoint and refuses a name without one (a typo
+    would otherwise silently start a fresh run); resume=False never touches an existing run: it
+    picks `name_2`, `name_3`, ...
     """
     if not RUN_NAME.match(name):
         raise TLInputError("output_name", f"'{name}' is not a usable run name.",
                            "use letters, digits, '_', '-' or '.', e.g. tl_ball_run.")
     run = RunFiles(name, output_dir)
     if resume:
-        return run, latest_checkpoint(run.checkpoints_dir)
+        checkpoint = latest_checkpoint(run.checkpoints_dir)
+        if checkpoint is None:
+            runs = resumable_runs(output_dir)
+            listed = ", ".join(runs) if runs else "none"
+            problem = (f"run '{name}' has no checkpoint to resume (it stopped before its first one)"
+                       if run.run_dir.is_dir() else f"no run named '{name}' to resume")
+            raise TLInputError(
+                "output_name",
+                f"{problem}; runs that exist: {listed} (in {run.run_dir.parent}).",
+                "turn resume off to start a new run"
+                + (", or set output_name to one of those names." if runs else "."),
+            )
+        return run, checkpoint
     counter = 2
     while run.has_results():
         run = RunFiles(f"{name}_{counter}", output_dir)

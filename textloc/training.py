@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +167,8 @@ class _Trainer:
             c.class_images is not None and len(c.class_images) > 0 for c in self.concepts)
         self.config = job.config.resolved(len(self.concepts), self.with_prior, dataset.resolution)
         self.config.validate()
+        # Before anything is loaded: refuses a token that the rest of the prompt also spells.
+        self.prompt_text = instance_prompt(self.config, [(c.token, c.class_word) for c in self.concepts])
         self.device = host.torch_device()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.history: list[dict[str, float]] = []
@@ -195,7 +197,6 @@ class _Trainer:
         self.class_latents = [_encode_images(job.vae, c.class_images).to(self.device)
                               for c in self.concepts] if self.with_prior else []
         self.targets = [prepare_target_mask(c.masks, cfg.attention_size).to(self.device) for c in self.concepts]
-        self.prompt_text = instance_prompt(cfg, [(c.token, c.class_word) for c in self.concepts])
         self.params: list[tuple[str, torch.nn.Parameter]] = [(key, d.delta) for key, d in self.deltas.items()]
         for tok in self.tokens.values():
             for param in tok.parameters():
@@ -370,6 +371,10 @@ class _Trainer:
         return losses, maps.detach(), inst_idx[0]
 
     # --- files --------------------------------------------------------------------------
+    def check_finite(self, step: int, last_checkpoint: Path | None) -> None:
+        """Stop before a NaN or infinite weight reaches a file (a finite loss does not rule one out)."""
+        stop_if_not_finite(((name, p.detach()) for name, p in self.params), step, last_checkpoint)
+
     def metadata(self, steps_done: int, localization: dict[str, Any] | None = None) -> dict[str, str]:
         cfg = self.config
         return build_metadata(
@@ -410,6 +415,16 @@ class _Trainer:
         _preview_picture(preview)[1].save(picture)
         files.append(picture)
         return files
+
+
+def stop_if_not_finite(tensors: Iterable[tuple[str, torch.Tensor]], step: int, last_checkpoint: Path | None) -> None:
+    """TrainingStopped naming the first non-finite tensor: the trainer never writes weights that sample black."""
+    for name, tensor in tensors:
+        if not bool(torch.isfinite(tensor).all()):
+            raise TrainingStopped(
+                f"the trained weight '{name}' became NaN or infinite by step {step}; training stopped there "
+                f"without saving it. Last good checkpoint: {last_checkpoint or 'none yet'}. Fix: lower "
+                "learning_rate or use precision fp32, then resume from that checkpoint.")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -457,6 +472,7 @@ def train(job: TrainingJob) -> TrainResult:
                     if show or preview is None:
                         preview = _preview(maps, trainer.targets, sample)
                     if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                        trainer.check_finite(done, last_checkpoint)
                         last_checkpoint = trainer.save_checkpoint(done)
                     elapsed = time.monotonic() - started
                     eta = elapsed / (done - trainer.start_step) * (cfg.steps - done)
@@ -470,10 +486,12 @@ def train(job: TrainingJob) -> TrainResult:
             preview = torch.zeros(1, 8, 8, 3)
         localization = {"before": before, "after": after}
         meta = trainer.metadata(cfg.steps, localization)
-        files = trainer.save_final(cfg.steps, preview, meta)
         # The MODEL output carries exactly what the K/V file holds (fp16), so the stock LoRA loader
-        # applied to the file gives the same model.
+        # applied to the file gives the same model. A delta beyond fp16's range would be inf there.
         kv = {key: delta.to(KV_FILE_DTYPE) for key, delta in delta_tensors(trainer.deltas).items()}
+        trainer.check_finite(cfg.steps, last_checkpoint)
+        stop_if_not_finite(kv.items(), cfg.steps, last_checkpoint)
+        files = trainer.save_final(cfg.steps, preview, meta)
         trained = job.model.clone()
         trained.add_patches(as_diff_patches(kv), 1.0)
         trigger = " and ".join(f"embedding:{c.token} {c.class_word}" for c in trainer.concepts)

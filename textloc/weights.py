@@ -62,6 +62,9 @@ STATE_FILE = "trainer_state.safetensors"
 EMBEDDINGS_DIR = "embeddings"
 
 NOT_SAFETENSORS = "is not a safetensors file; only safetensors are loaded, never pickle."
+NOT_FINITE_FIX = "train the weights again (lower learning_rate, or precision fp32), or pick another file."
+CHECKPOINT_NOT_FINITE_FIX = ("delete this checkpoint folder to resume from the one before it, or turn resume off "
+                             "and train again (lower learning_rate, or precision fp32).")
 
 
 # ---------------------------------------------------------------------------------------------- metadata
@@ -145,10 +148,23 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _first_non_finite(tensors: Mapping[str, torch.Tensor]) -> tuple[str, int, int] | None:
+    """(name, non-finite count, size) of the first tensor holding NaN or inf, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                return name, bad, tensor.numel()
+    return None
+
+
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
-    """Atomic safetensors write of contiguous CPU tensors."""
+    """Atomic safetensors write of contiguous CPU tensors; never one holding NaN or inf (it samples black)."""
     meta = _check_metadata(metadata)
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    bad = _first_non_finite(data)
+    if bad is not None:
+        raise ValueError(f"refusing to write {path}: tensor '{bad[0]}' holds {bad[1]} NaN or infinite value(s)")
     with _atomic_path(Path(path)) as tmp:
         save_file(data, str(tmp), metadata=meta)
 
@@ -199,8 +215,12 @@ def _read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Validated safetensors read (CPU tensors + metadata), with TLInputErrors for bad files."""
+def _load_tensors(path: Path, not_finite_fix: str = NOT_FINITE_FIX) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Validated safetensors read (CPU tensors + metadata), with TLInputErrors for bad files.
+
+    A tensor holding NaN or inf is refused here, for every kind of file: applied or resumed, such
+    weights make every sampled image black.
+    """
     path = Path(path)
     header = _read_header(path)
     metadata = header.get("__metadata__") or {}
@@ -208,6 +228,14 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise TLInputError(str(path), f"is corrupt and could not be read ({err}).", "write the file again.") from None
+    bad = _first_non_finite(tensors)
+    if bad is not None:
+        raise TLInputError(
+            str(path),
+            f"tensor '{bad[0]}' holds {bad[1]} NaN or infinite value(s) (of {bad[2]}); weights like these "
+            "make every image black.",
+            not_finite_fix,
+        )
     return tensors, dict(metadata)
 
 
@@ -244,10 +272,12 @@ def save_kv_deltas(
     _save_tensors(Path(path), tensors, {**metadata, META_KIND: KIND_KV})
 
 
-def load_kv_deltas(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a K/V delta file back as {model key: delta} plus its metadata."""
+def load_kv_deltas(
+    path: Path, not_finite_fix: str = NOT_FINITE_FIX
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a K/V delta file back as {model key: delta} plus its metadata (NaN or inf is refused)."""
     path = Path(path)
-    tensors, metadata = _load_tensors(path)
+    tensors, metadata = _load_tensors(path, not_finite_fix)
     if not tensors:
         raise TLInputError(str(path), "contains no tensors.", "select a K/V weights file written by the trainer.")
     deltas: dict[str, torch.Tensor] = {}
@@ -314,10 +344,12 @@ def save_embedding(
     _save_tensors(Path(path), tensors, {**metadata, META_KIND: KIND_EMBEDDING})
 
 
-def load_embedding(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read an embedding file: {encoder key: [n, width]} plus metadata."""
+def load_embedding(
+    path: Path, not_finite_fix: str = NOT_FINITE_FIX
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read an embedding file: {encoder key: [n, width]} plus metadata (NaN or inf is refused)."""
     path = Path(path)
-    tensors, metadata = _load_tensors(path)
+    tensors, metadata = _load_tensors(path, not_finite_fix)
     if not tensors:
         raise TLInputError(str(path), "contains no tensors.", "select an embedding file written by the trainer.")
     for key, value in tensors.items():
@@ -481,9 +513,9 @@ def load_training_checkpoint(folder: Path) -> TrainingCheckpoint:
             f"is not a training checkpoint (no {STATE_FILE}).",
             "point resume at a run folder or a checkpoint-<step> folder written by the trainer.",
         )
-    kv_deltas, _ = load_kv_deltas(folder / KV_FILE)
+    kv_deltas, _ = load_kv_deltas(folder / KV_FILE, CHECKPOINT_NOT_FINITE_FIX)
     kv_deltas = {k: v.float() for k, v in kv_deltas.items()}
-    tensors, meta = _load_tensors(folder / STATE_FILE)
+    tensors, meta = _load_tensors(folder / STATE_FILE, CHECKPOINT_NOT_FINITE_FIX)
     try:
         param_names = json.loads(meta["param_names"])
         groups = json.loads(meta["param_groups"])
@@ -497,7 +529,8 @@ def load_training_checkpoint(folder: Path) -> TrainingCheckpoint:
             str(folder / STATE_FILE), f"has missing or unreadable trainer metadata ({err}).", "resume from another checkpoint."
         ) from None
     token_vectors = {
-        token: load_embedding(folder / EMBEDDINGS_DIR / file_name)[0] for token, file_name in token_files.items()
+        token: load_embedding(folder / EMBEDDINGS_DIR / file_name, CHECKPOINT_NOT_FINITE_FIX)[0]
+        for token, file_name in token_files.items()
     }
     optimizer_state: dict[str, dict[str, Any]] = {name: dict(values) for name, values in scalars.items()}
     rng: dict[str, torch.Tensor] = {}

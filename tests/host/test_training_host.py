@@ -137,6 +137,26 @@ def test_nan_loss_stops_and_names_the_step_and_last_checkpoint(loaded, tmp_path:
     load_training_checkpoint(tmp_path / "textual_localization" / "run" / "checkpoints" / f"checkpoint-{step - 1:06d}")
 
 
+def test_a_token_the_prompt_also_spells_is_refused_before_training(loaded, tmp_path: Path) -> None:
+    """Every occurrence of the token's text would become the trained vector: only its own slot may hold it."""
+    model, _, _ = loaded
+    with pytest.raises(TLInputError, match="'ball' equals 'ball' in its class word.*Fix: rename the token.*tl_ball"):
+        _dataset([("ball", "ball", 1)])  # Mask Target refuses what it knows
+    photo = _dataset([("photo", "ball", 1)])  # the prompt template is only known to the trainer
+    with pytest.raises(TLInputError, match="'photo' equals 'photo' in the prompt 'photo of {concepts}'.*tl_photo"):
+        _train(loaded, tmp_path, photo)
+    with pytest.raises(TLInputError, match="'toy' in the prompt"):
+        _train(loaded, tmp_path, _dataset([("toy", "ball", 1)]), prompt="a toy scene with {concepts}")
+    assert model.patches == {} and not (tmp_path / "textual_localization").exists()
+
+
+def test_resume_of_a_run_that_does_not_exist_is_refused(loaded, tmp_path: Path) -> None:
+    _train(loaded, tmp_path, _dataset([("tl_ball", "ball", 1)]), name="tl_ball_run", steps=2)
+    with pytest.raises(TLInputError, match="no run named 'tl_bal_run' to resume; runs that exist: tl_ball_run"):
+        _train(loaded, tmp_path, _dataset([("tl_ball", "ball", 1)]), name="tl_bal_run", resume=True, steps=2)
+    assert not (tmp_path / "textual_localization" / "tl_bal_run").exists()
+
+
 def test_no_concept_is_a_clear_error(loaded, tmp_path: Path) -> None:
     with pytest.raises(TLInputError, match="Mask Target"):
         _train(loaded, tmp_path, _dataset([]))

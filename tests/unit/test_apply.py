@@ -109,6 +109,21 @@ def test_pickle_random_and_empty_files_are_refused_without_unpickling(tmp_path: 
     assert caught.value.what == str(path)
 
 
+@pytest.mark.parametrize("which", ["kv", "embedding"])
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path: Path, which: str) -> None:
+    """NaN or inf in the K/V deltas or the token would sample black images: refused before anything is applied."""
+    kv = _write_run(tmp_path)
+    path = kv if which == "kv" else tmp_path / "embeddings" / "tl_ball.safetensors"
+    meta = _meta() if which == "kv" else {**_meta(), "token": "tl_ball"}
+    key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.diff"
+    tensors = ({key: torch.full((320, 768), float("nan"))} if which == "kv"
+               else {"clip_l": torch.full((1, 768), float("inf"))})
+    save_file(tensors, str(path), metadata=meta)  # as another tool (or a broken run) would write it
+    with pytest.raises(TLInputError, match="NaN or infinite.*black.*Fix: train the weights again") as caught:
+        apply.load_weights_file(kv, _lookup(tmp_path / "embeddings"), tmp_path)
+    assert caught.value.what == str(path)
+
+
 def test_a_foreign_lora_is_refused_with_the_stock_loader_as_fix(tmp_path: Path) -> None:
     path = tmp_path / "foreign.safetensors"
     save_file({"diffusion_model.a.diff": torch.zeros(2, 2)}, str(path))

@@ -377,6 +377,23 @@ def test_with_concept_returns_a_new_dataset(dataset: MultiConceptDataset) -> Non
         concept.token = "x"  # type: ignore[misc]
 
 
+def test_mask_target_refuses_a_token_that_clashes_with_a_class_word(dataset: MultiConceptDataset) -> None:
+    """The trainer would put the token's vector on every 'ball' of 'photo of a ball ball'."""
+    _user_error(lambda: build_concept(dataset, token="ball", class_word="ball"),
+                "token", "'ball' equals 'ball' in its class word 'ball'", "'photo of a ball ball'", "tl_ball")
+    _user_error(lambda: build_concept(dataset, token="Ball", class_word="red ball"), "'Ball' equals 'ball'")
+    box = dataset.with_concept(build_concept(dataset, token="tl_box", class_word="box", mask_index=2))
+    _user_error(lambda: box.with_concept(build_concept(box, token="box", class_word="ball")),
+                "'box' equals 'box' in the class word 'box' of the concept 'tl_box'", "tl_box_2")
+    ball = dataset.with_concept(build_concept(dataset, token="tl_ball", class_word="ball"))
+    _user_error(lambda: ball.with_concept(build_concept(ball, token="ball", class_word="toy")),
+                "'ball' equals 'ball' in the class word 'ball' of the concept 'tl_ball'")
+    _user_error(lambda: ball.with_concept(build_concept(ball, token="TL_Ball", class_word="box", mask_index=2)),
+                "'TL_Ball' is already used")
+    both = ball.with_concept(build_concept(ball, token="tl_doll", class_word="doll", mask_index=2))
+    assert [c.token for c in both.concepts] == ["tl_ball", "tl_doll"]
+
+
 def test_concept_validates_its_names() -> None:
     _user_error(
         lambda: Concept(token="bad name", class_word="doll", masks=torch.zeros(1, 8, 8), source="x"), "token"

@@ -229,6 +229,39 @@ def test_folder_instead_of_file(tmp_path: Path) -> None:
         weights.load_embedding(tmp_path)
 
 
+def _with(value: float) -> torch.Tensor:
+    tensor = torch.zeros(320, 768)
+    tensor[3, 5] = value
+    return tensor
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_kv_and_embedding_files_are_refused_naming_the_file(tmp_path: Path, value: float) -> None:
+    kv = tmp_path / "kv.safetensors"
+    save_file({"diffusion_model.a.diff": _with(value).half()}, str(kv))  # written by someone else
+    with pytest.raises(TLInputError) as caught:
+        weights.load_kv_deltas(kv)
+    assert caught.value.what == str(kv)
+    assert "tensor 'diffusion_model.a.diff' holds 1 NaN or infinite value(s)" in str(caught.value)
+    assert "train the weights again" in caught.value.fix and "pick another file" in caught.value.fix
+    embedding = tmp_path / "tl_ball.safetensors"
+    save_file({"clip_l": _with(value)[3:4]}, str(embedding))
+    with pytest.raises(TLInputError, match="NaN or infinite.*Fix: train the weights again") as caught:
+        weights.load_embedding(embedding)
+    assert caught.value.what == str(embedding)
+
+
+def test_the_writers_never_write_non_finite_weights(tmp_path: Path) -> None:
+    path = tmp_path / "kv.safetensors"
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        weights.save_kv_deltas(path, {KEY_K: _with(float("nan"))}, {})
+    with pytest.raises(ValueError, match="NaN or infinite"):  # finite in fp32, inf in the fp16 file
+        weights.save_kv_deltas(path, {KEY_K: _with(1e6)}, {}, dtype=torch.float16)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        weights.save_embedding(tmp_path / "e.safetensors", {"clip_l": _with(float("inf"))[3:4]}, {})
+    assert _files(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -358,6 +391,25 @@ def test_restore_optimizer_refuses_other_parameters(tmp_path: Path) -> None:
     other = _Run()
     with pytest.raises(TLInputError, match="other trainable weights"):
         weights.restore_optimizer(other.opt, ckpt, [KEY_K, KEY_V, "token.<new2>.clip_l"])
+
+
+def test_a_checkpoint_holding_nan_is_refused_with_the_resume_fix(tmp_path: Path) -> None:
+    run = _Run()
+    run.step()
+    folder = run.save(tmp_path, 1)
+    (emb_file,) = (folder / "embeddings").iterdir()
+    clean = emb_file.read_bytes()
+    save_file({"clip_l": torch.full((1, 3), float("nan"))}, str(emb_file))
+    with pytest.raises(TLInputError, match="NaN or infinite.*Fix: delete this checkpoint folder") as caught:
+        weights.load_training_checkpoint(folder)
+    assert caught.value.what == str(emb_file)
+    emb_file.write_bytes(clean)
+    state = load_file(str(folder / weights.STATE_FILE))
+    metadata = weights.read_metadata(folder / weights.STATE_FILE)
+    state[f"optimizer.{KEY_K}.exp_avg"][0, 0] = float("inf")
+    save_file(state, str(folder / weights.STATE_FILE), metadata=metadata)
+    with pytest.raises(TLInputError, match="trainer_state.safetensors: tensor 'optimizer.*NaN or infinite"):
+        weights.load_training_checkpoint(folder)
 
 
 def test_not_a_checkpoint_folder(tmp_path: Path) -> None:
