@@ -8,12 +8,51 @@ from pathlib import Path
 from typing import Any
 
 from .paths import SAMPLE_DATA_DIR
-from .random_clip_vision import ensure_random_clip_vision
-from .random_inception import ensure_random_inception
 from .server import ComfyServer, RunResult
-from .workflow import apply_overrides, load_workflow, nodes_of_type, to_api_prompt
+from .workflow import (
+    WorkflowFormatError,
+    apply_overrides,
+    check_overrides,
+    load_workflow,
+    nodes_of_type,
+    to_api_prompt,
+)
 
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple",)
+IMAGE_FOLDERS = ("resized", "images")  # where a set in the paper's layout keeps its photos
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as textloc.images reads
+
+
+class InputDirError(ValueError):
+    """--input-dir holds no data set in a layout the dataset node reads."""
+
+
+def is_data_set(folder: Path) -> bool:
+    """Whether a folder is one data set itself (paper's layout or a flat folder of photos and masks)."""
+    if any((folder / name).is_dir() for name in IMAGE_FOLDERS):
+        return True
+    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+               for p in folder.iterdir())
+
+
+def input_sets(input_dir: Path) -> list[Path]:
+    """The set folders to copy into input/: the folder itself when it is a set, else its sub-folders.
+
+    Both a folder of sets (like sample_data/) and one set folder are accepted, so pointing
+    --input-dir at the set you want to use works as well as pointing it at its parent.
+    """
+    folder = Path(input_dir)
+    if not folder.is_dir():
+        raise InputDirError(f"--input-dir {folder} is not a folder.")
+    if is_data_set(folder):
+        return [folder]
+    sets = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not sets:
+        raise InputDirError(
+            f"--input-dir {folder} holds no data set: expected a folder of sets (like sample_data/, "
+            f"{folder}/<set>/resized/*.png with <set>/mask_1/, <set>/mask_2/) or one set "
+            f"({folder}/resized/*.png with {folder}/mask_1/..., or {folder}/*.png with *_mask_1.png files).")
+    return sets
 
 
 def default_checkpoint() -> Path:
@@ -25,23 +64,29 @@ def default_checkpoint() -> Path:
 def prepare_server(checkpoint: Path | None = None, input_dir: Path | None = None,
                    base_dir: Path | None = None) -> ComfyServer:
     """A not-yet-started server with a checkpoint and the input data folders in place."""
+    # imported here: they load torch (seconds), which the pre-start checks of a run do not need
+    from .random_clip_vision import ensure_random_clip_vision
+    from .random_inception import ensure_random_inception
+
+    sets = input_sets(input_dir or SAMPLE_DATA_DIR)  # first: a wrong folder fails before any slow set-up
     server = ComfyServer(base_dir=base_dir)
     server.add_checkpoint(checkpoint or default_checkpoint())
     server.add_model("clip_vision", ensure_random_clip_vision())  # random encoders for tl_evaluate.json
     server.add_model("inception", ensure_random_inception())
-    source = input_dir or SAMPLE_DATA_DIR
-    for folder in sorted(p for p in Path(source).iterdir() if p.is_dir()):
+    for folder in sets:
         server.add_input(folder)
     return server
 
 
 def build_prompt(server: ComfyServer, workflow: dict[str, Any], overrides: Sequence[str] = (),
                  checkpoint_name: str | None = None) -> dict[str, Any]:
-    prompt = to_api_prompt(workflow, server.object_info())
+    """The API prompt of `workflow`; every override is checked against /object_info before any is set."""
+    object_info = server.object_info()
+    prompt = to_api_prompt(workflow, object_info)
     if checkpoint_name:
         for node_id in (n for kind in CHECKPOINT_LOADERS for n in nodes_of_type(prompt, kind)):
             prompt[node_id]["inputs"]["ckpt_name"] = checkpoint_name
-    return apply_overrides(prompt, list(overrides))
+    return apply_overrides(prompt, list(overrides), object_info)
 
 
 def copy_output_tree(server: ComfyServer, dest_dir: Path) -> list[Path]:
@@ -64,11 +109,16 @@ def collect_outputs(server: ComfyServer, result: RunResult, out_dir: Path) -> li
 def run_workflow_file(workflow_path: Path, out_dir: Path, checkpoint: Path | None = None,
                       input_dir: Path | None = None, overrides: Sequence[str] = (),
                       timeout: float = 1800.0) -> tuple[RunResult, list[Path]]:
+    """Run one workflow file; node ids of the overrides are checked from the file before the
+    (slow) server start, input names right after it, before anything is queued."""
+    workflow = load_workflow(workflow_path)
+    problems = check_overrides(workflow, list(overrides))
+    if problems:
+        raise WorkflowFormatError("\n".join(problems))
     server = prepare_server(checkpoint, input_dir)
     try:
         server.start()
         name = Path(checkpoint).name if checkpoint else None
-        workflow = load_workflow(workflow_path)
         prompt = build_prompt(server, workflow, overrides, checkpoint_name=name)
         result = server.run(prompt, timeout=timeout, workflow=workflow)
         return result, collect_outputs(server, result, out_dir)

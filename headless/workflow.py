@@ -70,6 +70,11 @@ def _ordered_inputs(info: dict[str, Any]) -> list[tuple[str, list[Any]]]:
     return specs
 
 
+def _is_executed(node: dict[str, Any]) -> bool:
+    """Whether an editor node becomes a node of the API prompt (virtual, muted, bypassed ones do not)."""
+    return node["type"] not in VIRTUAL_NODES and node.get("mode") not in (MODE_MUTED, MODE_BYPASS)
+
+
 class _Graph:
     def __init__(self, workflow: dict[str, Any]) -> None:
         if workflow.get("definitions", {}).get("subgraphs"):
@@ -154,7 +159,7 @@ def to_api_prompt(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict
     prompt: dict[str, Any] = {}
     for node_id, node in sorted(graph.nodes.items()):
         kind = node["type"]
-        if kind in VIRTUAL_NODES or node.get("mode") in (MODE_MUTED, MODE_BYPASS):
+        if not _is_executed(node):
             continue
         info = object_info.get(kind)
         if info is None:
@@ -185,13 +190,80 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return node_id, name, value
 
 
-def apply_overrides(prompt: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set input values of an API prompt; refuses unknown node ids so typos do not pass silently."""
+def _is_workflow(prompt_or_workflow: dict[str, Any]) -> bool:
+    return isinstance(prompt_or_workflow.get("nodes"), list)
+
+
+def _node_classes(prompt_or_workflow: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """({node id: class type} of the nodes the server runs, {node id: class type} of editor-only nodes).
+
+    Accepts an API prompt or an editor-format workflow, so node ids can be checked from the file
+    alone, before a server exists.
+    """
+    if _is_workflow(prompt_or_workflow):
+        nodes = prompt_or_workflow["nodes"]
+        run = {str(n["id"]): str(n["type"]) for n in nodes if _is_executed(n)}
+        skipped = {str(n["id"]): str(n["type"]) for n in nodes if not _is_executed(n)}
+        return run, skipped
+    return {nid: str(node["class_type"]) for nid, node in prompt_or_workflow.items()}, {}
+
+
+def _sorted_ids(ids: list[str]) -> list[str]:
+    """Numeric order for the editor's integer ids ("2" before "10") without failing on other ids."""
+    return sorted(ids, key=lambda nid: (len(nid), nid))
+
+
+def check_overrides(prompt_or_workflow: dict[str, Any], overrides: list[str],
+                    object_info: dict[str, Any] | None = None) -> list[str]:
+    """One problem line per `NODE_ID.INPUT=VALUE` override that does not fit; empty when all fit.
+
+    The server ignores inputs a node does not declare, so a misspelled name would run silently
+    with the saved value; checking first turns that into an error that lists the valid names.
+    Without `object_info` only the format and the node ids are checked (enough before the server
+    starts); with it, input names are checked against the node's required and optional inputs.
+    """
+    classes, skipped = _node_classes(prompt_or_workflow)
+    valid_nodes = ", ".join(f"{nid} ({classes[nid]})" for nid in _sorted_ids(list(classes)))
+    problems: list[str] = []
+    for text in overrides:
+        try:
+            node_id, name, _ = parse_override(text)
+        except WorkflowFormatError as err:
+            problems.append(str(err))
+            continue
+        if node_id in skipped:
+            problems.append(f"override '{text}': node {node_id} ({skipped[node_id]}) is not run by the server "
+                            f"(virtual, muted or bypassed); nodes: {valid_nodes}")
+            continue
+        if node_id not in classes:
+            problems.append(f"override '{text}': the workflow has no node {node_id}; nodes: {valid_nodes}")
+            continue
+        if object_info is None:
+            continue
+        kind = classes[node_id]
+        info = object_info.get(kind)
+        if info is None:
+            problems.append(f"override '{text}': node {node_id} uses '{kind}', which this server does not have")
+            continue
+        declared = info.get("input", {})
+        valid_inputs = [*declared.get("required", {}), *declared.get("optional", {})]
+        if not _is_workflow(prompt_or_workflow):  # inputs the editor created (e.g. dynamic ones) are valid too
+            valid_inputs += [n for n in prompt_or_workflow[node_id].get("inputs", {}) if n not in valid_inputs]
+        if name not in valid_inputs:
+            problems.append(f"override '{text}': node {node_id} ({kind}) has no input '{name}'; "
+                            f"inputs: {', '.join(valid_inputs) or '(none)'}")
+    return problems
+
+
+def apply_overrides(prompt: dict[str, Any], overrides: list[str],
+                    object_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Set input values of an API prompt; refuses unknown node ids (and, given object_info, unknown
+    input names) so typos do not pass silently. Nothing is changed when any override is refused."""
+    problems = check_overrides(prompt, overrides, object_info)
+    if problems:
+        raise WorkflowFormatError("\n".join(problems))
     for text in overrides:
         node_id, name, value = parse_override(text)
-        if node_id not in prompt:
-            raise WorkflowFormatError(f"override '{text}': the workflow has no node {node_id} "
-                                      f"(nodes: {', '.join(sorted(prompt, key=int))}).")
         prompt[node_id]["inputs"][name] = value
     return prompt
 

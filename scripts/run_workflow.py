@@ -14,8 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from headless.runner import run_workflow_file  # noqa: E402
+from headless.runner import InputDirError, run_workflow_file  # noqa: E402
 from headless.server import WorkflowError  # noqa: E402
+from headless.workflow import WorkflowFormatError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for images and written files")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the built-in tiny model)")
     parser.add_argument("--input-dir", type=Path,
-                        help="folder whose sub-folders become ComfyUI's input/ (default: sample_data/)")
+                        help="folder whose sub-folders become ComfyUI's input/, or one set folder "
+                             "(default: sample_data/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                         help="override an input of a node (repeatable); VALUE is JSON or a string")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before giving up")
@@ -32,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result, files = run_workflow_file(args.workflow, args.out, args.checkpoint, args.input_dir,
                                           args.overrides, args.timeout)
-    except WorkflowError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (WorkflowError, WorkflowFormatError, InputDirError) as err:
+        for line in str(err).splitlines():  # one line per problem
+            print(f"error: {line}", file=sys.stderr)
         return 1
     print(f"finished in {result.seconds:.1f} s; {len(files)} files in {args.out}")
     for path in files:
