@@ -8,12 +8,14 @@ from comfy_api.latest import ComfyExtension, io
 from . import web_routes  # noqa: F401  (adds the training-history route)
 from .apply_nodes import ApplyTLWeights
 from .attention_nodes import ShowTokenAttention
+from .auto_mask_nodes import MasksFromWordAttention
 from .dataset_nodes import LoadMultiConceptDataset, MaskTarget
 from .evaluation_nodes import EvaluateTLImages
 from .train_nodes import TrainTextualLocalization
 
-NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (LoadMultiConceptDataset, MaskTarget, TrainTextualLocalization,
-                                                 ApplyTLWeights, ShowTokenAttention, EvaluateTLImages)
+NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (LoadMultiConceptDataset, MasksFromWordAttention, MaskTarget,
+                                                 TrainTextualLocalization, ApplyTLWeights, ShowTokenAttention,
+                                                 EvaluateTLImages)
 
 # Trained tokens are written to output/embeddings; like output/loras for LoRAs (added by ComfyUI
 # itself), that folder joins the embedding search path so `embedding:TOKEN` works in any prompt.

@@ -125,7 +125,10 @@ class MaskTarget(io.ComfyNode):
                     max=64,
                     tooltip=(
                         "Which folder mask marks this concept: 1 = mask_1, 2 = mask_2, ... In the paper's "
-                        "pairs the first-named object is mask_1. Ignored when a mask is connected."
+                        "pairs the first-named object is mask_1. With a connected mask that holds several masks "
+                        "per photo (the masks output of Load Multi-Concept Dataset or Masks from Word Attention: "
+                        "mask 1 of every photo, then mask 2 ...) it picks the same way (2 = the second word). "
+                        "Ignored when the connected mask holds one mask per photo."
                     ),
                 ),
                 io.String.Input(
@@ -179,8 +182,10 @@ class MaskTarget(io.ComfyNode):
                     "mask",
                     optional=True,
                     tooltip=(
-                        "Optional masks that replace mask_index: one per photo, in the dataset's IMAGE order "
-                        "(a segmentation node, or Load Image's mask, where the painted area is the object). "
+                        "Optional masks that replace the folder masks: one per photo, in the dataset's IMAGE order "
+                        "(a segmentation node, or Load Image's mask, where the painted area is the object), or "
+                        "K per photo (mask 1 of every photo first, as Masks from Word Attention gives them; "
+                        "mask_index picks one). "
                         "White = object. At the dataset resolution, or at the photos' size when all photos "
                         "share one size."
                     ),

@@ -490,8 +490,12 @@ def _validate_threshold(threshold: float) -> None:
 # Masks from other nodes and concepts
 
 
-def fit_external_mask(mask: torch.Tensor, dataset: MultiConceptDataset) -> torch.Tensor:
-    """Bring a ComfyUI MASK ([B,H,W] or [H,W], any dtype) to the dataset's [N,res,res] float32."""
+def fit_external_mask(mask: torch.Tensor, dataset: MultiConceptDataset, index: int = 1) -> torch.Tensor:
+    """Bring a ComfyUI MASK ([B,H,W] or [H,W], any dtype) to the dataset's [N,res,res] float32.
+
+    A batch of K masks per photo (K*N, mask 1 of every photo first, as Load Multi-Concept Dataset's and
+    Masks from Word Attention's `masks` outputs) gives its `index`-th block (1-based), like mask_index.
+    """
     if not isinstance(mask, torch.Tensor):
         raise TLInputError(
             "mask", f"is a {type(mask).__name__}, not a MASK tensor.", "connect a MASK output."
@@ -504,12 +508,23 @@ def fit_external_mask(mask: torch.Tensor, dataset: MultiConceptDataset) -> torch
             "mask", f"has shape {tuple(mask.shape)}, expected [B,H,W].", "connect a MASK output."
         )
     count, height, width = values.shape
-    if count != dataset.num_images:
+    images = dataset.num_images
+    if count == 0 or count % images:
         raise TLInputError(
             "mask",
             f"has {count} mask(s) but the dataset {dataset.name!r} has {dataset.num_images} images.",
-            "give one mask per image, in the same order as the dataset's IMAGE output.",
+            "give one mask per image, in the same order as the dataset's IMAGE output (or K masks per "
+            "image: mask 1 of every image, then mask 2 ...).",
         )
+    blocks = count // images
+    if blocks > 1:
+        if not 1 <= index <= blocks:
+            raise TLInputError(
+                "mask_index",
+                f"is {index}, but the MASK input holds {blocks} masks per image ({count} for {images} images).",
+                f"pick a mask_index from 1 to {blocks}.",
+            )
+        values = values[(index - 1) * images : index * images]
     res = dataset.resolution
     if (height, width) == (res, res):
         return values.contiguous()
@@ -557,7 +572,9 @@ def build_concept(
     init_word = validate_init_word(init_word)
     check_token_clashes([(token, class_word)])  # the rest of the prompt is checked by the trainer
     if mask is not None:
-        base, source = fit_external_mask(mask, dataset), "MASK input"
+        base, source = fit_external_mask(mask, dataset, mask_index), "MASK input"
+        if mask.ndim == 3 and len(mask) > dataset.num_images:
+            source = f"MASK input (mask {mask_index} of each image)"
     else:
         base, source = dataset.folder_mask(mask_index), f"mask_{mask_index}"
     cleaned = feather(grow(base, grow_pixels), feather_pixels)

@@ -35,6 +35,22 @@ def load_models(patchers: list[Any]) -> None:
     mm.load_models_gpu(patchers)
 
 
+def denoise_once(model_patcher: Any, positive: list, negative: list, latent: torch.Tensor, noise: torch.Tensor,
+                 sigma: float) -> torch.Tensor:
+    """One model call on `latent` noised to `sigma`, through ComfyUI's own sampler (one Euler step to 0).
+
+    The sampler brings what a bare UNet call lacks: the latent format, the model family's extra conds
+    (SDXL's pooled and size vectors), patches and wrappers, device loading. cfg 1 skips the negative.
+    """
+    import comfy.sample
+    import comfy.samplers
+
+    sampler = comfy.samplers.sampler_object("euler")
+    sigmas = torch.tensor([float(sigma), 0.0])
+    return comfy.sample.sample_custom(model_patcher, noise, 1.0, sampler, sigmas, positive, negative, latent,
+                                      disable_pbar=True)
+
+
 def check_interrupted() -> None:
     """Raise ComfyUI's interrupt exception when the user pressed Cancel."""
     import comfy.model_management as mm

@@ -162,6 +162,12 @@ class AttentionAccumulator:
                            keep_graph=False, store_device="cpu")
         self.recorder = AttentionRecorder(spec)
 
+    def reset(self) -> None:
+        """Forget the sums, so one hooked clone can record several runs (one per photo) in turn."""
+        self.calls = 0
+        self._sums = {}
+        self._counts = {}
+
     def install(self, model_patcher: Any) -> None:
         """Hook a ModelPatcher clone: the recorder on every attn2 layer, the wrapper around apply_model."""
         install_recorder(model_patcher, self.recorder)

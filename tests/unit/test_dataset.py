@@ -441,6 +441,16 @@ def test_fit_external_mask_count_mismatch(dataset: MultiConceptDataset) -> None:
     assert "same order as the dataset's IMAGE output" in message
 
 
+def test_several_masks_per_image_are_picked_by_mask_index(dataset: MultiConceptDataset) -> None:
+    """A K*N batch (mask 1 of every image, then mask 2 ...) chains like the folder masks."""
+    batch = dataset.folder_masks_batch()
+    assert batch.shape == (6, RES, RES)
+    assert torch.equal(fit_external_mask(batch, dataset, 2), dataset.folder_masks[1])
+    concept = build_concept(dataset, token="tl_x", class_word="x", mask=batch, mask_index=2)
+    assert torch.equal(concept.masks, dataset.folder_masks[1]) and "mask 2" in concept.source
+    _user_error(lambda: fit_external_mask(batch, dataset, 3), "mask_index", "2 masks per image", "1 to 2")
+
+
 def test_fit_external_mask_at_dataset_size_is_kept(dataset: MultiConceptDataset) -> None:
     soft = torch.rand(3, RES, RES, generator=torch.Generator().manual_seed(0))
     assert torch.equal(fit_external_mask(soft, dataset), soft)
