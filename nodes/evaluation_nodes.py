@@ -124,10 +124,18 @@ class EvaluateTLImages(io.ComfyNode):
             ],
             outputs=[
                 io.String.Output(display_name="report", tooltip="Every score and why any is missing."),
-                io.Float.Output(display_name="clip_i"),
-                io.Float.Output(display_name="clip_t"),
-                io.Float.Output(display_name="kid"),
-                io.Float.Output(display_name="attention_inside"),
+                io.Float.Output(display_name="clip_i", tooltip=(
+                    "CLIP-I: mean cosine of CLIP ViT-L/14 image features, generated vs reference (higher = "
+                    "closer to your photos); NaN when it could not be computed (the report says why).")),
+                io.Float.Output(display_name="clip_t", tooltip=(
+                    "CLIP-T: mean cosine of image and prompt features, the prompt without its identifier "
+                    "(higher = the pictures follow the text); NaN when not computable.")),
+                io.Float.Output(display_name="kid", tooltip=(
+                    "KID: kernel inception distance to the reference photos (lower = closer); NaN unless "
+                    "torchmetrics, torch-fidelity and Inception weights are installed.")),
+                io.Float.Output(display_name="attention_inside", tooltip=(
+                    "Share of the token's attention inside the object masks (1 = all of it); NaN without "
+                    "attention_maps and object_masks.")),
             ],
         )
 

@@ -56,3 +56,12 @@ def test_returned_entries_are_copies(web_routes) -> None:
     history.record(web_routes.TRAIN_STEP_EVENT, _step(1), "prompt-a")
     history.get("4")["steps"].clear()
     assert len(history.get("4")["steps"]) == 1
+
+
+def test_the_console_progress_line_says_step_losses_and_time_left() -> None:
+    from textloc.training import StepLosses, progress_line
+
+    line = progress_line("tl_ball", StepLosses(step=40, total=0.12345, denoise=0.1, prior=0.02, attention=0.003),
+                         400, 125.4)
+    assert line == ("tl_ball: step 40/400, loss 0.1235 (denoise 0.1000, prior 0.0200, attention 0.0030), "
+                    "2m05s left")
