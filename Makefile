@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 COMFY := .comfyui
 SETUP_STAMP := $(VENV)/.setup-complete
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-world world-model clean
 
 setup: $(SETUP_STAMP) $(COMFY)/comfyui_version.py
 
@@ -38,6 +38,15 @@ lint: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# The paper in miniature on the shapes world (none / soft / hard, 3 seeds; about 20 min on 2 cores).
+bench-world: setup
+	$(PY) bench/shapes_world.py
+
+# Rebuild the committed world-model weights (about an hour on 2 cores; see shapes_world/README.md).
+world-model: setup
+	$(PY) -m shapes_world.pretrain --minutes 50
+	$(PY) -m shapes_world.decoder --minutes 10
 
 clean:
 	rm -rf out .pytest_cache

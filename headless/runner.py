@@ -56,9 +56,10 @@ def input_sets(input_dir: Path) -> list[Path]:
 
 
 def default_checkpoint() -> Path:
-    from .tiny_model import ensure_tiny_checkpoint
+    """The shapes-world model, which the example workflows name."""
+    from shapes_world.model import ensure_world_checkpoint
 
-    return ensure_tiny_checkpoint()
+    return ensure_world_checkpoint()
 
 
 def prepare_server(checkpoint: Path | None = None, input_dir: Path | None = None,

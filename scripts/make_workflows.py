@@ -18,20 +18,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from headless.paths import WORKFLOWS_DIR  # noqa: E402
 from headless.random_clip_vision import CLIP_VISION_PATH  # noqa: E402
 from headless.runner import prepare_server  # noqa: E402
-from headless.tiny_model import TINY_CHECKPOINT_PATH  # noqa: E402
 from headless.ui_builder import (
     NodeSpec,  # noqa: E402
     build_ui_workflow,  # noqa: E402
 )
+from shapes_world.model import CHECKPOINT_NAME, ensure_world_checkpoint  # noqa: E402
+from shapes_world.training_sets import PHOTO_SIZE, TRAIN_SET  # noqa: E402
 
-CHECKPOINT = TINY_CHECKPOINT_PATH.name
-DATASET = "toy_pair"
+# The examples use the shapes world: a tiny SD1.5-format model pretrained on balls and boxes, and
+# photos of a magenta ball (a colour it never saw) beside a yellow box.
+CHECKPOINT = CHECKPOINT_NAME
+DATASET = TRAIN_SET
 
 
 def dataset_preview() -> list[NodeSpec]:
     """Load the sample photos, define two concepts, preview images, masks and overlays."""
     return [
-        NodeSpec(1, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": 512}, pos=(40, 80),
+        NodeSpec(1, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": PHOTO_SIZE}, pos=(40, 80),
                  size=(340, 170)),
         NodeSpec(2, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (1, 0)}, pos=(430, 80), size=(320, 260)),
@@ -49,14 +52,17 @@ def dataset_preview() -> list[NodeSpec]:
     ]
 
 
-# Fast on a CPU with the tiny model: 128 px training data, a few dozen steps, 64 px samples in 4 steps.
-TRAIN_RESOLUTION = 128
-TRAIN_STEPS = 30
-TRAIN_LR = 2e-3
+# The world model's size (64 px, 8x8 latents): 100 steps at lr 3e-4 train in well under a minute on a
+# CPU (bench/shapes_world.py uses the same). On SD1.5 leave steps and learning_rate at 0 (the paper's).
+TRAIN_RESOLUTION = 64
+TRAIN_STEPS = 100
+TRAIN_LR = 3e-4
 SAMPLE_SIZE = 64
-SAMPLE_STEPS = 4
-BALL_PROMPT = "photo of a embedding:tl_ball ball"
+SAMPLE_STEPS = 20
+SAMPLE_CFG = 5.0
+BALL_PROMPT = "a photo of a embedding:tl_ball ball"
 BALL_WEIGHTS = "textual_localization/tl_demo_ball.safetensors"  # written by tl_train_and_generate.json
+COMPARE_BATCH = 8
 CLIP_VISION = CLIP_VISION_PATH.name  # random weights for the demo; pick CLIP ViT-L/14 for real scores
 EVAL_BATCH = 4
 
@@ -69,22 +75,22 @@ def _trainer(node_id: int, dataset: int, output_name: str, pos: tuple[float, flo
 
 
 def _generate(first_id: int, model: tuple[int, int], clip: tuple[int, int], prompt: str, prefix: str,
-              x: float, batch_size: int = 1) -> list[NodeSpec]:
+              x: float, batch_size: int = 1, y: float = 80) -> list[NodeSpec]:
     """CLIPTextEncode x2 -> KSampler -> VAEDecode -> SaveImage, ids first_id .. first_id + 5."""
     enc, neg, empty, sampler, decode, save = range(first_id, first_id + 6)
     return [
-        NodeSpec(enc, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(x, 80), size=(320, 120)),
-        NodeSpec(neg, "CLIPTextEncode", {"text": ""}, {"clip": clip}, pos=(x, 240), size=(320, 120),
+        NodeSpec(enc, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(x, y), size=(320, 120)),
+        NodeSpec(neg, "CLIPTextEncode", {"text": ""}, {"clip": clip}, pos=(x, y + 160), size=(320, 120),
                  title="Negative"),
         NodeSpec(empty, "EmptyLatentImage", {"width": SAMPLE_SIZE, "height": SAMPLE_SIZE, "batch_size": batch_size},
-                 pos=(x, 400), size=(320, 110)),
-        NodeSpec(sampler, "KSampler", {"seed": 1, "steps": SAMPLE_STEPS, "cfg": 7.0},
+                 pos=(x, y + 320), size=(320, 110)),
+        NodeSpec(sampler, "KSampler", {"seed": 1, "steps": SAMPLE_STEPS, "cfg": SAMPLE_CFG},
                  {"model": model, "positive": (enc, 0), "negative": (neg, 0), "latent_image": (empty, 0)},
-                 pos=(x + 360, 80), size=(320, 270)),
-        NodeSpec(decode, "VAEDecode", {}, {"samples": (sampler, 0), "vae": (1, 2)}, pos=(x + 360, 390),
+                 pos=(x + 360, y), size=(320, 270)),
+        NodeSpec(decode, "VAEDecode", {}, {"samples": (sampler, 0), "vae": (1, 2)}, pos=(x + 360, y + 310),
                  size=(220, 50)),
         NodeSpec(save, "SaveImage", {"filename_prefix": prefix}, {"images": (decode, 0)},
-                 pos=(x + 720, 80), size=(320, 300)),
+                 pos=(x + 720, y), size=(320, 300)),
     ]
 
 
@@ -99,13 +105,33 @@ def _show(node_id: int, model: tuple[int, int], clip: tuple[int, int], words: st
 
 
 def _ball_set() -> list[NodeSpec]:
-    """Nodes 1-3 of the ball workflows: the tiny checkpoint, the sample set at training size, the ball."""
+    """Nodes 1-3 of the ball workflows: the world checkpoint, the world's photos at training size, the ball."""
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
         NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
                  pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+    ]
+
+
+def guidance_compare() -> list[NodeSpec]:
+    """The method's point in one graph: the same training without guidance (Custom Diffusion) and
+    with hard guidance, then the same prompt and seed through each result."""
+    none = {**_trainer(4, 3, "tl_demo_none", pos=(420, 80)).widgets, "guidance": "none"}
+    prompt_none = "a photo of a embedding:tl_ball ball"
+    return [
+        *_ball_set(),
+        NodeSpec(4, "TL_TrainKV", none, {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "dataset": (3, 0)},
+                 pos=(420, 80), size=(340, 620), title="Train without guidance (Custom Diffusion)"),
+        _trainer(5, 3, "tl_demo_hard", pos=(420, 760)),
+        NodeSpec(6, "TL_ApplyWeights", {}, {"model": (1, 0), "clip": (1, 1), "tl_result": (4, 2)},
+                 pos=(800, 80), size=(320, 170), title="Apply: no guidance"),
+        NodeSpec(7, "TL_ApplyWeights", {}, {"model": (1, 0), "clip": (1, 1), "tl_result": (5, 2)},
+                 pos=(800, 760), size=(320, 170), title="Apply: hard guidance"),
+        *_generate(8, (6, 0), (6, 1), prompt_none, "tl_guidance_none", x=1160, batch_size=COMPARE_BATCH),
+        *_generate(14, (7, 0), (7, 1), prompt_none, "tl_guidance_hard", x=1160, batch_size=COMPARE_BATCH,
+                   y=760),
     ]
 
 
@@ -174,7 +200,7 @@ def evaluate() -> list[NodeSpec]:
 
 def two_concepts() -> list[NodeSpec]:
     """Learn the ball and the box together, then generate with both tokens."""
-    prompt = "photo of a embedding:tl_ball ball and a embedding:tl_box box"
+    prompt = "a photo of a embedding:tl_ball ball and a embedding:tl_box box"
     return [
         *_ball_set(),
         NodeSpec(4, "TL_MaskTarget", {"mask_index": 2, "token": "tl_box", "class_word": "box"},
@@ -231,13 +257,14 @@ WORKFLOWS = {
     "tl_train.json": train,
     "tl_train_and_generate.json": train_and_generate,
     "tl_before_after_attention.json": before_after_attention,
+    "tl_guidance_compare.json": guidance_compare,
     "tl_two_concepts.json": two_concepts,
     "tl_evaluate.json": evaluate,
 }
 
 
 def main() -> int:
-    server = prepare_server(TINY_CHECKPOINT_PATH)
+    server = prepare_server(ensure_world_checkpoint())
     try:
         server.start()
         info = server.object_info()

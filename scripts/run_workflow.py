@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", type=Path, help="editor-format workflow JSON")
     parser.add_argument("--out", type=Path, required=True, help="folder for images and written files")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the built-in tiny model)")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the shapes-world model)")
     parser.add_argument("--input-dir", type=Path,
                         help="folder whose sub-folders become ComfyUI's input/, or one set folder "
                              "(default: sample_data/)")

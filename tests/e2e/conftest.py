@@ -13,6 +13,7 @@ from headless.random_inception import ensure_random_inception
 from headless.server import ComfyServer
 from headless.tiny_model import ensure_tiny_checkpoint
 from headless.workflow import load_workflow, to_api_prompt
+from shapes_world.model import ensure_world_checkpoint
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -27,9 +28,17 @@ def tiny_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
-def comfy_server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+def world_checkpoint() -> Path:
+    return ensure_world_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tiny_checkpoint: Path, world_checkpoint: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComfyServer]:
+    """The example workflows use the world model; tests of other model shapes use the tiny one."""
     server = ComfyServer(base_dir=tmp_path_factory.mktemp("comfy-base"))
     server.add_checkpoint(tiny_checkpoint)
+    server.add_checkpoint(world_checkpoint)
     server.add_model("clip_vision", ensure_random_clip_vision())
     server.add_model("inception", ensure_random_inception())
     for folder in sorted(p for p in SAMPLE_DATA_DIR.iterdir() if p.is_dir()):

@@ -16,9 +16,13 @@ from safetensors import safe_open
 
 from headless.server import ComfyServer, RunResult, WorkflowError
 from headless.tiny_model import TINY_CHECKPOINT_PATH
+from shapes_world.training_sets import TRAIN_SET
 from textloc.dataset import load_dataset
 from textloc.localization import attention_mass_inside
 from textloc.weights import build_metadata, save_embedding, save_kv_deltas
+
+TRAIN_RESOLUTION = 64  # the example workflows' training size on the world model
+CHANGE_FLOOR = 0.1
 
 CKPT = TINY_CHECKPOINT_PATH.name
 RUN = "textual_localization/e2e_run.safetensors"
@@ -191,16 +195,13 @@ def _maps(server: ComfyServer, result: RunResult, node_id: str) -> torch.Tensor:
     return torch.tensor(np.stack([img[..., 0] for img in _images(server, result, node_id)]), dtype=torch.float32) / 255
 
 
-def test_before_and_after_attention_is_measured_on_the_training_photos(
+def test_show_token_attention_finds_the_learned_object_after_training(
         comfy_server: ComfyServer, workflow_prompt) -> None:
-    """Runs tl_train_and_generate.json, then tl_before_after_attention.json, and measures on the training
-    photos the share of the learned token's attention (Show Token Attention's maps) inside the ball's mask:
-    before training (Apply at strengths 0 = base model + init word) and after (strengths 1).
-
-    On the tiny random-init model the token has no object to find (its features carry no semantics), so
-    only the measurement itself is asserted: the maps exist for every photo, are normalised, and the
-    trained token attends differently from the untrained one. The shares are printed for the record.
-    """
+    """Runs tl_train_and_generate.json, then tl_before_after_attention.json, on the shapes-world model and
+    measures on the training photos the share of the learned token's attention (Show Token Attention's
+    maps) inside the magenta ball's mask: before training (Apply at strengths 0 = base model + init word)
+    and after (strengths 1, hard guidance). On this model's words-that-mean-objects the trained token
+    lands on its object (measured: see CHANGE_FLOOR below)."""
     trained = comfy_server.run(workflow_prompt("tl_train_and_generate.json"), timeout=900)
     assert len(_images(comfy_server, trained, "12")) == 1  # the image generated with the learned token
     assert len(_images(comfy_server, trained, "13")) == 2  # Show Token Attention: 1 image x 2 words
@@ -211,15 +212,15 @@ def test_before_and_after_attention_is_measured_on_the_training_photos(
         del prompt[node_id]
     compared = comfy_server.run(prompt, timeout=600)
     before, after = _maps(comfy_server, compared, "10"), _maps(comfy_server, compared, "12")
-    dataset = load_dataset(comfy_server.input_dir, "toy_pair", resolution=128)
+    dataset = load_dataset(comfy_server.input_dir, TRAIN_SET, resolution=TRAIN_RESOLUTION)
     ball = dataset.folder_mask(1)
-    assert before.shape == after.shape == ball.shape == (5, 128, 128)
+    assert before.shape == after.shape == ball.shape == (5, TRAIN_RESOLUTION, TRAIN_RESOLUTION)
     for maps in (before, after):
         assert maps.amax(dim=(1, 2)).min() > 0.9 and maps.amin(dim=(1, 2)).max() < 0.1  # per-word min-max
-    assert (after - before).abs().mean() > 0.01, "training did not change where the token attends"
     inside_before = attention_mass_inside(before, ball).mean().item()
     inside_after = attention_mass_inside(after, ball).mean().item()
     print(f"attention inside the ball on the training photos: before {inside_before:.3f}, after {inside_after:.3f}")
+    assert inside_after > inside_before + CHANGE_FLOOR
 
 
 def test_two_concepts_workflow_applies_both_tokens(comfy_server: ComfyServer, workflow_prompt) -> None:

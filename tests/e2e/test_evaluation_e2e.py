@@ -28,7 +28,7 @@ def test_evaluate_workflow_reports_every_score(
     _ensure_trained_ball(comfy_server, workflow_prompt)
     result = comfy_server.run(workflow_prompt("tl_evaluate.json"), timeout=900)
     report = result.outputs["13"]["text"][0]
-    assert "CLIP-T text: photo of a ball" in report
+    assert "CLIP-T text: a photo of a ball" in report
     saved = json.loads((comfy_server.output_dir / "textual_localization" / "evaluation" / "tl_demo_ball.json")
                        .read_text())
     assert saved["generated"] == 4 and saved["references"] == 5

@@ -12,8 +12,8 @@ from safetensors import safe_open
 
 from headless.paths import WORKFLOWS_DIR
 from headless.server import ComfyServer, WorkflowError
-from headless.tiny_model import TINY_CHECKPOINT_PATH
 from headless.workflow import load_workflow, nodes_of_type
+from shapes_world.model import CHECKPOINT_NAME  # the model the example workflows train
 from textloc.weights import latest_checkpoint, load_training_checkpoint
 
 STEPS = 6
@@ -34,7 +34,7 @@ def _sample(model: list, prefix: str, prompt: str = "photo of a red ball") -> di
 
 
 def _base_sample(prefix: str) -> dict:
-    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CHECKPOINT_PATH.name}},
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
             **_sample(["1", 0], prefix)}
 
 
@@ -93,7 +93,7 @@ def test_stock_lora_loader_on_the_saved_file_equals_the_trained_model(
     trained = _picture(comfy_server, comfy_server.run(prompt, timeout=900))
 
     stock = {
-        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_CHECKPOINT_PATH.name}},
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
         "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
             "model": ["1", 0], "lora_name": "textual_localization/e2e_stock.safetensors", "strength_model": 1.0}},
         **_sample(["2", 0], "trained_from_file"),

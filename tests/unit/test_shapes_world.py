@@ -1,0 +1,119 @@
+"""The shapes world without a model: scenes, masks, captions, training sets, the colour judge, weight packing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shapes_world import judge
+from shapes_world.model import pack, quantize_rows, unpack
+from shapes_world.scenes import (
+    FLOOR_COLORS,
+    NEW_COLORS,
+    OBJECT_COLORS,
+    object_mask,
+    random_scene,
+    render,
+    scene_batch,
+)
+from shapes_world.training_sets import PAIR, pair_scene, write_pair_set
+
+
+def test_scenes_follow_their_seed() -> None:
+    first = scene_batch(11, 4, 48)
+    again = scene_batch(11, 4, 48)
+    other = scene_batch(12, 4, 48)
+    assert first[0] == again[0]
+    assert np.array_equal(first[1], again[1])
+    assert first[0] != other[0]
+
+
+def test_masks_are_exact_and_objects_never_overlap() -> None:
+    scenes, images, masks = scene_batch(3, 60, 64)
+    for scene, image, scene_masks in zip(scenes, images, masks, strict=True):
+        assert 1 <= len(scene.objects) <= 2
+        labels = judge.color_map(image)
+        for obj, mask in zip(scene.objects, scene_masks, strict=True):
+            assert mask.any()
+            # the masked pixels show the object's colour (a white ball's shaded side reads as grey)
+            share = (labels[mask] == judge.COLOR_NAMES.index(obj.color)).mean()
+            assert share > (0.5 if obj.color == "white" else 0.95)
+        if len(scene_masks) == 2:
+            assert not (scene_masks[0] & scene_masks[1]).any()
+
+
+def test_a_box_mask_is_a_square_and_a_ball_mask_a_disc() -> None:
+    rng = np.random.default_rng(0)
+    scene = random_scene(rng, count=1, shapes=("box",))
+    box = object_mask(scene.objects[0], 100)
+    rows, cols = np.nonzero(box)
+    assert box.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    ball_scene = random_scene(rng, count=1, shapes=("ball",))
+    ball = object_mask(ball_scene.objects[0], 100)
+    rows, cols = np.nonzero(ball)
+    fill = ball.sum() / ((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1))
+    assert fill == pytest.approx(np.pi / 4, abs=0.03)
+
+
+def test_captions_name_every_object_in_order() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        scene = random_scene(rng)
+        caption = scene.caption()
+        assert caption.startswith("a photo of a ")
+        positions = [caption.index(f"{o.color} {o.shape}") for o in scene.objects]
+        assert positions == sorted(positions)
+        assert (f"on a {scene.floor} floor" in caption) == scene.name_floor
+
+
+def test_pretraining_scenes_never_use_a_new_colour() -> None:
+    scenes, _, _ = scene_batch(9, 300, 16)
+    used = {o.color for s in scenes for o in s.objects}
+    assert used == set(OBJECT_COLORS)
+    assert not used & set(NEW_COLORS)
+
+
+def test_the_judge_reads_every_rendered_colour_and_floor() -> None:
+    scenes, images, _ = scene_batch(21, 120, 64)
+    for scene, image in zip(scenes, images, strict=True):
+        assert judge.colors_present(image) == {o.color for o in scene.objects}, scene.caption()
+        assert judge.floor_color(image) == scene.floor
+
+
+def test_the_judge_counts_leakage_and_fidelity() -> None:
+    rng = np.random.default_rng(2)
+    image, _ = render(pair_scene(rng), 64)
+    both = judge.judge(image, PAIR.new_color, PAIR.distractor_color, wanted_color="red")
+    assert both.new_object and both.distractor and both.follows_prompt is False
+    plain = np.full((64, 64, 3), FLOOR_COLORS["green"], dtype=np.uint8)
+    empty = judge.judge(plain, PAIR.new_color, PAIR.distractor_color, wanted_floor="green")
+    assert not empty.new_object and not empty.distractor and empty.follows_prompt is True
+
+
+def test_pair_sets_use_the_authors_layout(tmp_path: Path) -> None:
+    folder = write_pair_set(tmp_path, "pair", seed=3, count=3, size=64)
+    for sub in ("resized", "mask_1", "mask_2"):
+        assert sorted(p.name for p in (folder / sub).iterdir()) == ["01.png", "02.png", "03.png"]
+    photo = np.asarray(Image.open(folder / "resized" / "01.png"))
+    ball = np.asarray(Image.open(folder / "mask_1" / "01.png")) > 127
+    box = np.asarray(Image.open(folder / "mask_2" / "01.png")) > 127
+    labels = judge.color_map(photo)
+    assert (labels[ball] == judge.COLOR_NAMES.index(PAIR.new_color)).mean() > 0.95
+    assert (labels[box] == judge.COLOR_NAMES.index(PAIR.distractor_color)).mean() > 0.95
+    again = write_pair_set(tmp_path / "again", "pair", seed=3, count=3, size=64)
+    assert (folder / "resized" / "02.png").read_bytes() == (again / "resized" / "02.png").read_bytes()
+
+
+def test_weight_packing_round_trips_within_int8_precision() -> None:
+    gen = torch.Generator().manual_seed(0)
+    state = {"conv.weight": torch.randn(8, 4, 3, 3, generator=gen), "norm.bias": torch.randn(8, generator=gen)}
+    values, scale = quantize_rows(state["conv.weight"])
+    assert values.dtype == torch.int8 and scale.shape == (8,)
+    restored = unpack("unet.", pack("unet.", state))
+    row_max = state["conv.weight"].abs().flatten(1).amax(1).reshape(-1, 1, 1, 1)
+    assert ((restored["conv.weight"] - state["conv.weight"]).abs() <= row_max / 127 * 0.51 + 1e-3).all()
+    assert torch.allclose(restored["norm.bias"], state["norm.bias"], atol=1e-2)
