@@ -216,6 +216,15 @@ def load_weights(path: Path = WEIGHTS_PATH) -> tuple[dict[str, torch.Tensor], di
     return unpack(UNET_KEY, packed), unpack(DECODER_KEY, packed), metadata
 
 
+def clip_digest(state: dict[str, torch.Tensor]) -> str:
+    """Digest of the regenerated text encoder: the UNet only works with the encoder it was trained with."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].to(torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -227,11 +236,11 @@ def file_digest(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- checkpoint
 
 
-def checkpoint_state(unet_state: dict[str, torch.Tensor],
-                     decoder_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def checkpoint_state(unet_state: dict[str, torch.Tensor], decoder_state: dict[str, torch.Tensor] | None = None,
+                     clip_state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The whole SD1.5-format checkpoint (ldm keys) around a UNet state (and a trained decoder)."""
     out = {UNET_PREFIX + k: v.half().contiguous() for k, v in unet_state.items()}
-    for key, value in world_clip_state().items():
+    for key, value in (clip_state if clip_state is not None else world_clip_state()).items():
         out[CLIP_PREFIX + key] = (value.to(CLIP_STORE_DTYPE) if value.ndim >= 2 else value.half()).contiguous()
     vae = taesd_state()
     vae.update({"taesd_decoder." + k: v for k, v in (decoder_state or {}).items()})
@@ -247,7 +256,14 @@ def checkpoint_recipe(weights: Path) -> str:
 def write_checkpoint(path: Path, weights: Path = WEIGHTS_PATH) -> Path:
     """Assemble the checkpoint from the committed UNet weights and write it atomically."""
     unet_state, decoder_state, meta = load_weights(weights)
-    state = checkpoint_state(unet_state, decoder_state)
+    clip_state = world_clip_state()
+    expected = meta.get("clip_digest")
+    if expected and clip_digest(clip_state) != expected:
+        raise RuntimeError(
+            f"the text encoder this ComfyUI regenerates differs from the one {weights.name} was trained with "
+            f"(digest {clip_digest(clip_state)}, expected {expected}): ComfyUI's CLIP module changed. Use "
+            "ComfyUI 0.3.75 (`make setup`) or rebuild the weights with `make world-model`.")
+    state = checkpoint_state(unet_state, decoder_state, clip_state)
     metadata = {"recipe": checkpoint_recipe(weights), "unet_config": json.dumps(WORLD_UNET_CONFIG),
                 "pretraining": meta.get("pretraining", ""), "decoder": meta.get("decoder", "hand-set")}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         state = world_model.random_unet_state()
     trainer = Pretrainer(state, args.seed + int(previous.get("steps", 0)), args.batch, args.lr, args.aux_weight)
+    clip_digest = world_model.clip_digest(world_model.world_clip_state())
     done_before = int(previous.get("steps", 0))
     started = time.monotonic()
     log: list[dict[str, float]] = []
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                   "aux_weight": args.aux_weight, "seed": args.seed, "resolution": world_model.RESOLUTION,
                   "seconds": round(float(previous.get("seconds", 0)) + time.monotonic() - started, 1),
                   "last_losses": log[-20:]}
-        world_model.save_weights(args.out, unet=trainer.ema_state(), metadata={"pretraining": json.dumps(record)})
+        world_model.save_weights(args.out, unet=trainer.ema_state(),
+                                 metadata={"pretraining": json.dumps(record), "clip_digest": clip_digest})
 
     while True:
         losses = trainer.train_step()

@@ -50,6 +50,19 @@ def test_the_world_checkpoint_is_sd15_and_tells_a_stale_file(world: tuple[Any, A
     assert world_model.WEIGHTS_PATH.stat().st_size <= 32 * 2**20
 
 
+def test_weights_trained_with_another_text_encoder_are_refused(tmp_path: Path) -> None:
+    """The encoder is regenerated, not stored: a ComfyUI whose CLIP module draws other values must not
+    silently pair it with this UNet."""
+    import shutil
+
+    weights = tmp_path / "weights.safetensors"
+    shutil.copyfile(world_model.WEIGHTS_PATH, weights)
+    world_model.save_weights(weights, metadata={"clip_digest": "0000000000000000"})
+    with pytest.raises(RuntimeError, match="text encoder"):
+        world_model.write_checkpoint(tmp_path / "world.safetensors", weights)
+    assert not (tmp_path / "world.safetensors").exists()
+
+
 def test_the_world_text_encoder_tells_words_apart(world: tuple[Any, Any, Any]) -> None:
     _, clip, _ = world
     with torch.inference_mode():
