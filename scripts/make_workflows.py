@@ -252,6 +252,35 @@ def train() -> list[NodeSpec]:
     ]
 
 
+# Masks from Word Attention on the world's photos. The world model was trained on captions that name each
+# object's colour, so the caption does too: with the bare "a photo of a ball and a box" its "ball" mostly
+# misses the magenta ball (tests/host/test_auto_masks_host.py; bench/auto_masks.py measures both captions).
+AUTO_MASK_WORDS = "ball, box"
+AUTO_MASK_PROMPT = "a photo of a magenta ball and a yellow box"
+
+
+def auto_masks() -> list[NodeSpec]:
+    """Photos without masks: Masks from Word Attention draws the ball's and the box's masks from the model's
+    own attention, Mask Target picks the ball's (mask_index 1 = the first word) and the trainer learns tl_ball
+    from it. The previews show the auto masks and the token's map next to its auto mask after training."""
+    return [
+        NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+                 pos=(40, 240), size=(340, 170)),
+        NodeSpec(3, "TL_MasksFromWordAttention", {"words": AUTO_MASK_WORDS, "prompt": AUTO_MASK_PROMPT},
+                 {"images": (2, 1), "model": (1, 0), "clip": (1, 1), "vae": (1, 2)},
+                 pos=(420, 80), size=(340, 460)),
+        NodeSpec(4, "PreviewImage", {}, {"images": (3, 2)}, pos=(420, 580), size=(340, 300),
+                 title="Auto masks (ball red, box blue)"),
+        NodeSpec(5, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
+                 {"dataset": (2, 0), "mask": (3, 0)}, pos=(800, 80), size=(320, 340),
+                 title="Mask Target (mask_index 1 = ball)"),
+        _trainer(6, 5, "tl_demo_auto_ball", pos=(1160, 80)),
+        NodeSpec(7, "PreviewImage", {}, {"images": (6, 4)}, pos=(1540, 80), size=(320, 300),
+                 title="Attention | auto mask"),
+    ]
+
+
 WORKFLOWS = {
     "tl_dataset_preview.json": dataset_preview,
     "tl_train.json": train,
@@ -260,6 +289,7 @@ WORKFLOWS = {
     "tl_guidance_compare.json": guidance_compare,
     "tl_two_concepts.json": two_concepts,
     "tl_evaluate.json": evaluate,
+    "tl_auto_masks.json": auto_masks,
 }
 
 
