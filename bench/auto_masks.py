@@ -39,7 +39,7 @@ from bench.shapes_world import (  # noqa: E402
     TOKEN,
     WORD_SCENES,
     WORD_SEED,
-    load_sets,
+    load_world,
     save_grid,
     score_run,
     train_config,
@@ -274,13 +274,7 @@ def train_runs(models: tuple[Any, Any, Any], sets: dict[str, Any], training: dic
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    common.set_threads()
-    common.boot("pytorch")
-    from shapes_world.model import ensure_world_checkpoint
-
-    checkpoint = ensure_world_checkpoint()
-    models = common.load_checkpoint(checkpoint)
-    sets = load_sets(args.data)
+    checkpoint, models, sets = load_world(args.data)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     print(f"world model {checkpoint.name}; {sets['train'].num_images} training photos, "
           f"{sets['held-out'].num_images} held-out scenes; auto masks: words '{WORDS}', "

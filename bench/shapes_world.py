@@ -168,15 +168,19 @@ def pretrained_word_shares(models: tuple[Any, Any, Any]) -> Any:
         return word_shares(*models, scenes, images, masks)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def load_world(data: Path) -> tuple[Path, tuple[Any, Any, Any], dict[str, Any]]:
+    """(checkpoint, (MODEL, CLIP, VAE), training and held-out sets) after ComfyUI's boot."""
     common.set_threads()
     common.boot("pytorch")
     from shapes_world.model import ensure_world_checkpoint
 
     checkpoint = ensure_world_checkpoint()
-    models = common.load_checkpoint(checkpoint)
-    sets = load_sets(args.data)
+    return checkpoint, common.load_checkpoint(checkpoint), load_sets(data)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    checkpoint, models, sets = load_world(args.data)
     words = pretrained_word_shares(models)
     print(f"pretrained words on {WORD_SCENES} new scenes: share inside their object: colour words "
           f"{words.color:.3f}, shape words {words.shape:.3f}; chance (object area) {words.chance:.3f}; "

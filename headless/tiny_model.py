@@ -142,6 +142,17 @@ def _param_count(state: dict[str, torch.Tensor], prefix: str) -> int:
     return sum(t.numel() for k, t in state.items() if k.startswith(prefix))
 
 
+def save_file_atomic(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors write through a tmp file + os.replace: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_tiny_checkpoint(path: Path, seed: int = DEFAULT_SEED) -> TinyCheckpointInfo:
     """Build and write the checkpoint atomically (tmp file + os.replace): readers never see half a file."""
     start = time.perf_counter()
@@ -151,13 +162,7 @@ def write_tiny_checkpoint(path: Path, seed: int = DEFAULT_SEED) -> TinyCheckpoin
         for name, prefix in (("unet", UNET_PREFIX), ("clip", CLIP_PREFIX), ("vae", VAE_PREFIX))
     }
     metadata = {"recipe": RECIPE_VERSION, "seed": str(seed), "unet_config": json.dumps(TINY_UNET_CONFIG)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_file_atomic(path, state, metadata)
     info = TinyCheckpointInfo(
         path=path,
         seconds=time.perf_counter() - start,

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from headless.paths import CACHE_DIR
 from headless.tiny_model import (
@@ -37,6 +36,7 @@ from headless.tiny_model import (
     VAE_PREFIX,
     is_current,
     random_state,
+    save_file_atomic,
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -196,13 +196,7 @@ def save_weights(path: Path, unet: dict[str, torch.Tensor] | None = None,
         packed = {k: v for k, v in packed.items() if not k.startswith(DECODER_KEY)} | pack(DECODER_KEY, decoder)
     meta.update(metadata or {})
     meta.update({"recipe": WEIGHTS_RECIPE, "unet_config": json.dumps(WORLD_UNET_CONFIG)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in packed.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_file_atomic(path, {k: v.contiguous() for k, v in packed.items()}, meta)
 
 
 def load_weights(path: Path = WEIGHTS_PATH) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, str]]:
@@ -266,13 +260,7 @@ def write_checkpoint(path: Path, weights: Path = WEIGHTS_PATH) -> Path:
     state = checkpoint_state(unet_state, decoder_state, clip_state)
     metadata = {"recipe": checkpoint_recipe(weights), "unet_config": json.dumps(WORLD_UNET_CONFIG),
                 "pretraining": meta.get("pretraining", ""), "decoder": meta.get("decoder", "hand-set")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_file_atomic(path, state, metadata)
     return path
 
 
