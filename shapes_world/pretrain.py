@@ -49,16 +49,13 @@ def load_components(unet_state: dict[str, torch.Tensor]) -> tuple:
     return model, clip, vae
 
 
-def word_ids(clip, words: list[str]) -> dict[str, int]:
-    """CLIP token id of each single-token word."""
+def check_single_tokens(clip, words: list[str]) -> None:
+    """Each world word must be one CLIP token: its attention map is one column."""
     tokenizer = clip.tokenizer.clip_l.tokenizer
-    ids = {}
     for word in words:
         pieces = tokenizer(word)["input_ids"][1:-1]
         if len(pieces) != 1:
             raise ValueError(f"world word {word!r} is {len(pieces)} CLIP tokens; the world needs one")
-        ids[word] = pieces[0]
-    return ids
 
 
 class CaptionCache:
@@ -98,6 +95,8 @@ def make_batch(rng: np.random.Generator, count: int, clip) -> dict:
 
 
 class Pretrainer:
+    """The UNet of ComfyUI's loaded world model, its optimizer, its EMA copy and the data stream."""
+
     def __init__(self, unet_state: dict[str, torch.Tensor], seed: int, batch: int, lr: float, aux_weight: float):
         from textloc.attention import AttentionRecorder, CaptureSpec
 
@@ -105,7 +104,7 @@ class Pretrainer:
         self.base = self.patcher.model
         self.unet = self.base.diffusion_model
         self.unet.train()
-        word_ids(self.clip, _world_words())  # every world word must be one CLIP token
+        check_single_tokens(self.clip, _world_words())
         self.captions = CaptionCache(self.clip)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)

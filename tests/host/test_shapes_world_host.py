@@ -124,3 +124,20 @@ def test_the_sets_show_a_colour_the_world_never_saw() -> None:
     image, _ = render(scenes[0], 16)
     assert image.shape == (16, 16, 3)
 
+
+
+def test_the_rebuild_scripts_write_a_loadable_weights_file(tmp_path: Path) -> None:
+    """Two pretraining steps and two decoder steps into one file: the scripts that rebuild the weights run."""
+    import json
+
+    from shapes_world import decoder, pretrain
+
+    weights = tmp_path / "world.safetensors"
+    assert pretrain.main(["--max-steps", "2", "--batch", "2", "--save-every", "1", "--out", str(weights)]) == 0
+    assert decoder.main(["--steps", "2", "--batch", "2", "--out", str(weights)]) == 0
+    unet, dec, meta = world_model.load_weights(weights)
+    assert json.loads(meta["pretraining"])["steps"] == 2 and json.loads(meta["decoder"])["batch"] == 2
+    assert meta["clip_digest"] == world_model.clip_digest(world_model.world_clip_state())
+    reference, reference_decoder, _ = world_model.load_weights()
+    assert unet.keys() == reference.keys() and dec.keys() == reference_decoder.keys()
+    assert all(torch.isfinite(v).all() for v in unet.values())
