@@ -22,7 +22,7 @@ from textloc.localization import attention_mass_inside
 from textloc.weights import build_metadata, save_embedding, save_kv_deltas
 
 TRAIN_RESOLUTION = 64  # the example workflows' training size on the world model
-CHANGE_FLOOR = 0.1
+CHANGE_FLOOR = 0.1  # measured: before 0.254, after 0.605 (Show Token Attention's maps, training photos)
 
 CKPT = TINY_CHECKPOINT_PATH.name
 RUN = "textual_localization/e2e_run.safetensors"
@@ -201,7 +201,7 @@ def test_show_token_attention_finds_the_learned_object_after_training(
     measures on the training photos the share of the learned token's attention (Show Token Attention's
     maps) inside the magenta ball's mask: before training (Apply at strengths 0 = base model + init word)
     and after (strengths 1, hard guidance). On this model's words-that-mean-objects the trained token
-    lands on its object (measured: see CHANGE_FLOOR below)."""
+    lands on its object (measured values beside CHANGE_FLOOR)."""
     trained = comfy_server.run(workflow_prompt("tl_train_and_generate.json"), timeout=900)
     assert len(_images(comfy_server, trained, "12")) == 1  # the image generated with the learned token
     assert len(_images(comfy_server, trained, "13")) == 2  # Show Token Attention: 1 image x 2 words
