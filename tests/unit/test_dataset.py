@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tl_assertions import expect_user_error as _user_error
 
 from headless.sample_data import write_toy_pair
 from textloc.dataset import (
@@ -23,7 +24,6 @@ from textloc.dataset import (
     validate_init_word,
     validate_token_name,
 )
-from textloc.errors import TLInputError
 from textloc.images import read_mask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,17 +75,6 @@ def _flat_set(root: Path, name: str = "flat", stems: tuple[str, ...] = ("y", "x"
         for index in range(1, masks + 1):
             _mask(rect=_mask_rect(index)).save(folder / f"{stem}_mask_{index}.png")
     return folder
-
-
-def _user_error(call, *names: str) -> str:  # noqa: ANN001
-    """Run `call`, expect a TLInputError naming every given string and a fix; return the message."""
-    with pytest.raises(TLInputError) as error:
-        call()
-    message = str(error.value)
-    for name in names:
-        assert name in message, message
-    assert "Fix:" in message
-    return message
 
 
 # --- layouts ---------------------------------------------------------------------------------

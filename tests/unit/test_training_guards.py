@@ -12,26 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from tl_assertions import expect_user_error as _user_error
 
 from textloc.config import TrainConfig, check_token_clashes, instance_prompt
 from textloc.dataset import Concept, MultiConceptDataset
-from textloc.errors import TLInputError
 from textloc.run_files import RunFiles, plan_run
 from textloc.training import TrainingJob, TrainingStopped, stop_if_not_finite, train
 from textloc.weights import STATE_FILE, checkpoint_dir_name
 
 RES = 8
-
-
-def _user_error(call, *names: str) -> str:  # noqa: ANN001
-    """Run `call`, expect a TLInputError naming every given string and a fix; return the message."""
-    with pytest.raises(TLInputError) as error:
-        call()
-    message = str(error.value)
-    for name in names:
-        assert name in message, message
-    assert "Fix:" in message
-    return message
 
 
 def _concept(token: str, class_word: str) -> Concept:
