@@ -12,6 +12,7 @@ from comfy_api.latest import io, ui
 
 import nodes as comfy_nodes
 
+from ..textloc.images import check_image_batch
 from ..textloc.token_attention import NORMALIZATIONS, RESOLUTIONS_AUTO, show_token_attention
 from .common import CATEGORY_ROOT
 
@@ -102,6 +103,7 @@ class ShowTokenAttention(io.ComfyNode):
                 start_percent: float, end_percent: float, normalization: str,
                 images: torch.Tensor | None = None, denoise: float = 0.6) -> io.NodeOutput:
         if images is not None:
+            check_image_batch(images, "connect photos (IMAGE), or disconnect 'images' to sample new ones.")
             latent = {"samples": vae.encode(images[..., :3])}
         else:
             shape = [batch_size, LATENT_CHANNELS, height // LATENT_SCALE, width // LATENT_SCALE]

@@ -64,6 +64,8 @@ def _encoders(clip, clip_vision_name: str, kid: str) -> Encoders:
             encoders.missing["clip_t"] = (f"CLIP-T needs CLIP's text projection, which {clip_vision_name} does not hold "
                                           "(an image-tower-only file): use the full model.safetensors of "
                                           "openai/clip-vit-large-patch14.")
+    if kid not in KID_MODES:  # ComfyUI does not check a V3 dropdown's value
+        raise TLInputError("kid", f"'{kid}' is not a KID mode.", f"choose one of {', '.join(KID_MODES)}.")
     if kid == "off":
         return encoders
     if importlib.util.find_spec("torchmetrics") is None or importlib.util.find_spec("torch_fidelity") is None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from . import host
 from .errors import TLInputError
+from .images import check_image_batch
 from .masks import feather, grow
 from .masks import overlay as tint_overlay
 from .token_attention import (
@@ -94,10 +95,7 @@ def check_threshold(threshold: float) -> None:
 
 
 def check_images(images: torch.Tensor) -> None:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] < 3 or len(images) == 0:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise TLInputError("images", f"is not an IMAGE batch [N,H,W,3] (got {shape}).",
-                           "connect the photos, e.g. Load Multi-Concept Dataset's images or a Load Image node.")
+    check_image_batch(images, "connect the photos, e.g. Load Multi-Concept Dataset's images or a Load Image node.")
 
 
 # ---------------------------------------------------------------------------------------------- thresholds

@@ -113,3 +113,18 @@ def _scale_float(values: np.ndarray) -> np.ndarray:
     elif peak > 1.0:
         values = values / 255.0
     return np.clip(values, 0.0, 1.0)
+
+
+MIN_IMAGE_SIDE = 16  # the VAE halves the image three times; smaller photos fail inside its convolutions
+
+
+def check_image_batch(images: object, fix: str, input_name: str = "images") -> torch.Tensor:
+    """An IMAGE batch [N,H,W,C>=3] with both sides at least MIN_IMAGE_SIDE, or a TLInputError naming it."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[-1] < 3 or len(images) == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TLInputError(input_name, f"is not an IMAGE batch [N,H,W,3] (got {shape}).", fix)
+    height, width = int(images.shape[1]), int(images.shape[2])
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise TLInputError(input_name, f"is {width}x{height} px; the VAE needs at least "
+                           f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}.", "connect larger photos, or upscale them first.")
+    return images

@@ -238,3 +238,17 @@ def test_missing_and_unsupported(tmp_path: Path) -> None:
     with pytest.raises(TLInputError) as error:
         read_image_rgb(gif)
     _assert_user_error(error, "anim.gif")
+
+
+def test_an_image_batch_too_small_for_the_vae_is_refused_naming_the_input() -> None:
+    import pytest
+
+    from textloc.errors import TLInputError
+    from textloc.images import MIN_IMAGE_SIDE, check_image_batch
+
+    good = torch.zeros(2, MIN_IMAGE_SIDE, MIN_IMAGE_SIDE + 8, 3)
+    assert check_image_batch(good, "fix") is good
+    for bad in (torch.zeros(1, 4, 4, 3), torch.zeros(1, 64, 8, 3), torch.zeros(64, 64, 3), torch.zeros(0, 64, 64, 3)):
+        with pytest.raises(TLInputError, match="images") as caught:
+            check_image_batch(bad, "connect photos.")
+        assert "Fix:" in str(caught.value)
