@@ -43,6 +43,7 @@ from bench.shapes_world import (  # noqa: E402
     save_grid,
     score_run,
     train_config,
+    write_world_result,
 )
 from shapes_world.scenes import (  # noqa: E402
     FLOOR_COLORS,
@@ -313,13 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "other inputs": "the node's defaults"},
             "mask_table": mask_table, "run_table": run_table, "target_table": target_table,
             "mask_iou": quality, "summary": summary, "runs": runs,
-            "gain_kept": {"from the means": gain, "per seed": per_seed_gain}, "targets": verdicts,
-            "config": {k: v for k, v in dataclasses.asdict(train_config("hard", 0, args.steps)).items()
-                       if k not in ("guidance", "seed")},
-            "settings": {k: str(v) for k, v in vars(args).items()}}
-    path = common.write_result(args.name, data)
-    print(f"pictures in {args.out}\nwrote {path}")
-    return data
+            "gain_kept": {"from the means": gain, "per seed": per_seed_gain}, "targets": verdicts}
+    return write_world_result(args, data, train_config("hard", 0, args.steps))
 
 
 if __name__ == "__main__":

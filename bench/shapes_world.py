@@ -110,12 +110,8 @@ def generate(model: Any, clip: Any, vae: Any, prompt: str, count: int, seed: int
 
 def judge_pictures(pictures: np.ndarray, wanted_color: str | None = None,
                    wanted_floor: str | None = None) -> dict[str, float]:
-    verdicts = [world_judge.judge(p, PAIR.new_color, PAIR.distractor_color, wanted_color, wanted_floor)
-                for p in pictures]
-    scores = {"fidelity": float(np.mean([v.new_object for v in verdicts])),
-              "leakage": float(np.mean([v.distractor for v in verdicts]))}
-    if wanted_color or wanted_floor:
-        scores["follows"] = float(np.mean([bool(v.follows_prompt) for v in verdicts]))
+    scores = world_judge.rates(pictures, PAIR.new_color, PAIR.distractor_color, wanted_color, wanted_floor)
+    scores.pop("pictures")
     return scores
 
 
@@ -178,6 +174,16 @@ def load_world(data: Path) -> tuple[Path, tuple[Any, Any, Any], dict[str, Any]]:
     return checkpoint, common.load_checkpoint(checkpoint), load_sets(data)
 
 
+def write_world_result(args: argparse.Namespace, data: dict[str, Any], config: Any) -> dict[str, Any]:
+    """Add the runs' shared training settings and the command's arguments, write the result file, say where."""
+    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("guidance", "seed")}
+    data = {**data, "config": shared,
+            "settings": {k: str(v) for k, v in vars(args).items()}}
+    path = common.write_result(args.name, data)
+    print(f"pictures in {args.out}\nwrote {path}")
+    return data
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     checkpoint, models, sets = load_world(args.data)
@@ -214,13 +220,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {"checkpoint": checkpoint.name, "seeds": seeds, "modes": modes, "table": table,
             "pretrained_words": dataclasses.asdict(words) | {"scenes": WORD_SCENES, "seed": WORD_SEED},
             "summary": summary, "runs": runs,
-            "config": {k: v for k, v in dataclasses.asdict(_config(args, "hard", 0)).items()
-                       if k not in ("guidance", "seed")},
-            "sampling": {"steps": SAMPLE_STEPS, "cfg": SAMPLE_CFG, "sampler": "euler", "images": args.images},
-            "settings": {k: str(v) for k, v in vars(args).items()}}
-    path = common.write_result(args.name, data)
-    print(f"pictures in {args.out}\nwrote {path}")
-    return data
+            "sampling": {"steps": SAMPLE_STEPS, "cfg": SAMPLE_CFG, "sampler": "euler", "images": args.images}}
+    return write_world_result(args, data, _config(args, "hard", 0))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from headless.paths import WORKFLOWS_DIR  # noqa: E402
 from headless.runner import copy_output_tree, prepare_server  # noqa: E402
 from headless.server import WorkflowError  # noqa: E402
 from headless.workflow import load_workflow, to_api_prompt  # noqa: E402
-from shapes_world.judge import judge  # noqa: E402
+from shapes_world.judge import rates  # noqa: E402
 from shapes_world.model import ensure_world_checkpoint  # noqa: E402
 from shapes_world.training_sets import PAIR  # noqa: E402
 
@@ -139,18 +139,15 @@ def summarize(output_dir: Path) -> dict[str, Any]:
     pictures: dict[str, Any] = {}
     for mode in ("none", "hard"):
         files = sorted(output_dir.glob(f"tl_guidance_{mode}_*.png"))
-        verdicts = [judge(np.asarray(Image.open(f).convert("RGB")), PAIR.new_color, PAIR.distractor_color)
-                    for f in files]
-        if verdicts:
-            pictures[mode] = {"pictures": len(verdicts),
-                              "fidelity": float(np.mean([v.new_object for v in verdicts])),
-                              "leakage": float(np.mean([v.distractor for v in verdicts]))}
+        if files:
+            images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+            pictures[mode] = rates(images, PAIR.new_color, PAIR.distractor_color)
     if pictures:
         print(f"\nPictures from 'a photo of a <token> ball' (tl_guidance_compare.json): fidelity = shows the "
               f"{PAIR.new_color} {PAIR.new_shape}, leakage = shows the {PAIR.distractor_color} "
               f"{PAIR.distractor_shape} of the training photos:")
         for mode, row in pictures.items():
-            print(f"  guidance {mode:<5} {row['pictures']} pictures: fidelity {row['fidelity']:.2f}, "
+            print(f"  guidance {mode:<5} {row['pictures']:.0f} pictures: fidelity {row['fidelity']:.2f}, "
                   f"leakage {row['leakage']:.2f}")
     print("(one seed, a handful of pictures: bench/shapes_world.py measures the same over 3 seeds)")
     return {"runs": runs, "guidance_compare": pictures}

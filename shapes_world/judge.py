@@ -8,6 +8,7 @@ A colour counts as present when enough pixels carry it. No learned model is invo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,3 +97,16 @@ def judge(image: np.ndarray, new_color: str, distractor_color: str,
     if wanted_floor is not None:
         follows = (follows is not False) and floor_color(image) == wanted_floor
     return Verdict(new_object=new_color in present, distractor=distractor_color in present, follows_prompt=follows)
+
+
+def rates(pictures: Iterable[np.ndarray], new_color: str, distractor_color: str,
+          wanted_color: str | None = None, wanted_floor: str | None = None) -> dict[str, float]:
+    """Share of pictures that show the new object (fidelity), the distractor (leakage) and, when a
+    context was asked for, that context (follows)."""
+    verdicts = [judge(p, new_color, distractor_color, wanted_color, wanted_floor) for p in pictures]
+    scores = {"pictures": float(len(verdicts)),
+              "fidelity": float(np.mean([v.new_object for v in verdicts])),
+              "leakage": float(np.mean([v.distractor for v in verdicts]))}
+    if wanted_color or wanted_floor:
+        scores["follows"] = float(np.mean([bool(v.follows_prompt) for v in verdicts]))
+    return scores

@@ -17,6 +17,7 @@ rebuilds it when the recipe or the committed weights change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -67,8 +68,9 @@ MODEL_LATENT_GAIN = 5.0
 UNET_SEED = 0
 
 
+@functools.cache
 def _meta_modules() -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
-    """ComfyUI's UNet (world config), SD1 CLIP and TAESD on the meta device."""
+    """ComfyUI's UNet (world config), SD1 CLIP and TAESD on the meta device (built once: names and shapes)."""
     from headless.comfy_boot import boot_comfy
 
     boot_comfy()
