@@ -1,6 +1,6 @@
 """Masks from Word Attention, measured on the shapes world: are auto masks good enough to train on?
 
-(a) Mask quality: IoU of the node's masks (`textloc.auto_masks`, the node's defaults and the caption of
+(a) Mask quality: IoU of the node's masks (`textloc.data.auto_masks`, the node's defaults and the caption of
     workflows/tl_auto_masks.json) with the world's exact masks, on the 5 training photos, the 10 held-out
     scenes, 32 random world scenes (captions built from each scene: its colour + shape phrases) and on the
     cases the help page warns about: small objects, touching objects, and captions whose words the model
@@ -105,7 +105,7 @@ def iou(masks: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def auto_masks(models: tuple[Any, Any, Any], images: torch.Tensor, words: str, prompt: str) -> Any:
     """The node's result (AutoMasks) for a batch of photos, with the workflow's settings."""
-    from textloc.auto_masks import masks_from_word_attention
+    from textloc.data.auto_masks import masks_from_word_attention
 
     model, clip, vae = models
     with torch.inference_mode():
@@ -190,7 +190,7 @@ def world_scores(models: tuple[Any, Any, Any]) -> dict[str, Any]:
 
 def save_comparison(path: Path, images: torch.Tensor, found: torch.Tensor, truth: torch.Tensor) -> None:
     """One row per photo: photo | auto masks tinted (ball red, box blue) | true masks tinted."""
-    from textloc.auto_masks import preview
+    from textloc.data.auto_masks import preview
 
     with torch.inference_mode():
         panels = [images[..., :3].float(), preview(images, found), preview(images, truth)]
@@ -229,7 +229,7 @@ def mask_quality(models: tuple[Any, Any, Any], sets: dict[str, Any], out: Path) 
 
 def auto_training_set(train: Any, found: Any) -> Any:
     """The training photos with tl_ball's masks taken from the node's output, as Mask Target builds them."""
-    from textloc.dataset import build_concept
+    from textloc.data.dataset import build_concept
 
     with torch.inference_mode():
         concept = build_concept(train, token=TOKEN, class_word=PAIR.new_shape, mask=found.mask_batch,

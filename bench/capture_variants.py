@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from textloc.attention import (
+from textloc.attention.capture import (
     AttentionRecord,
     AttentionRecorder,
     AttnFn,

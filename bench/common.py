@@ -418,7 +418,7 @@ def toy_dataset(resolution: int, concepts: int = 1, folder: Path | None = None, 
     mask_1 under its own token: the same work per step as a real third object.
     """
     from headless.paths import SAMPLE_DATA_DIR
-    from textloc.dataset import build_concept, load_dataset
+    from textloc.data.dataset import build_concept, load_dataset
 
     folder = Path(folder) if folder is not None else SAMPLE_DATA_DIR / "toy_pair"
     with torch.inference_mode():
@@ -451,8 +451,8 @@ class StepRunner:
         host.load_for_training(self.trainer.patcher)
 
     def step(self) -> None:
-        from textloc.grad_checkpointing import gradient_checkpointing
-        from textloc.token_embedding import trainable_text_encoder
+        from textloc.training.grad_checkpointing import gradient_checkpointing
+        from textloc.training.token_embedding import trainable_text_encoder
 
         with torch.inference_mode(False), torch.enable_grad(), trainable_text_encoder(self.trainer.job.clip), \
                 gradient_checkpointing(self.trainer.base_model.diffusion_model, self.checkpointing):
@@ -469,9 +469,9 @@ def prepare_trainer(model: Any, clip: Any, vae: Any, dataset: Any, config: Any, 
 
     `variant(trainer)` runs after the map sizes are known, e.g. to swap the attention capture.
     """
-    from textloc.run_files import plan_run
-    from textloc.token_embedding import trainable_text_encoder
-    from textloc.training import TrainingJob, _Trainer
+    from textloc.training.loop import TrainingJob, _Trainer
+    from textloc.training.run_files import plan_run
+    from textloc.training.token_embedding import trainable_text_encoder
 
     run, _ = plan_run(work_dir, "bench", False)
     job = TrainingJob(model=model, clip=clip, vae=vae, dataset=dataset, config=config, run=run)

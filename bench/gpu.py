@@ -79,8 +79,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def dry_run(args: argparse.Namespace) -> None:
     common.boot()
-    from textloc.attention import attn2_layer_keys
-    from textloc.kv_deltas import projection_module_names
+    from textloc.attention.capture import attn2_layer_keys
+    from textloc.training.kv_deltas import projection_module_names
 
     patcher = common.unet_patcher(common.SD15_UNET_CONFIG, dtype=torch.float16, meta=True)
     unet = patcher.model.diffusion_model

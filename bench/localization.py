@@ -4,7 +4,7 @@ For each concept (each mask folder of the set), the same training runs three tim
 settings (seed, steps, learning rate, images), once per guidance mode, on the training images; the
 held-out images (the last K, or each image in turn with --leave-one-out) are never trained on.
 Then, on the training images and on the held-out ones, the token's attention map (the map the
-loss uses, averaged over timesteps 250, 500, 750) is scored with textloc.localization:
+loss uses, averaged over timesteps 250, 500, 750) is scored with textloc.attention.localization:
 - own:   share of the map's mass inside the concept's own mask (higher is better);
 - other: share inside the other objects' masks (lower is better);
 - IoU:   overlap of the thresholded map with the own mask;
@@ -92,7 +92,7 @@ def evaluate(model: Any, clip: Any, vae: Any, dataset: Any, config: Any, tokens:
 
     Uses the trainer's own measuring code, so these are the numbers train() reports as localization.
     """
-    from textloc.token_embedding import trainable_text_encoder
+    from textloc.training.token_embedding import trainable_text_encoder
 
     runner = common.prepare_trainer(model, clip, vae, dataset, config, work)
     trainer = runner.trainer
@@ -106,7 +106,7 @@ def evaluate(model: Any, clip: Any, vae: Any, dataset: Any, config: Any, tokens:
 
 def maps_at(trainer: Any, timestep: int) -> torch.Tensor:
     """The token maps the loss sees, for every image at one timestep (fixed noise)."""
-    from textloc.losses import token_attention_map
+    from textloc.training.losses import token_attention_map
 
     generator = torch.Generator().manual_seed(1234)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def maps_at(trainer: Any, timestep: int) -> torch.Tensor:
 
 def save_overlays(path: Path, images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor) -> None:
     """One row per image: photo | map overlay | mask."""
-    from textloc.heatmap import normalize, overlay
+    from textloc.attention.heatmap import normalize, overlay
 
     over = overlay(images, normalize(maps))
     mask_rgb = masks[..., None].expand(-1, -1, -1, 3).float()
@@ -147,8 +147,8 @@ def _config(args: argparse.Namespace, guidance: str, tiny: bool) -> Any:
 
 
 def _train(models: tuple[Any, Any, Any], dataset: Any, config: Any, work: Path, name: str) -> Any:
-    from textloc.run_files import plan_run
-    from textloc.training import TrainingJob, train
+    from textloc.training.loop import TrainingJob, train
+    from textloc.training.run_files import plan_run
 
     model, clip, vae = models
     run, _ = plan_run(work, name, False)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     common.set_threads()
     attention = common.boot(args.attention)
-    from textloc.dataset import build_concept, load_dataset
+    from textloc.data.dataset import build_concept, load_dataset
 
     tiny = args.checkpoint is None
     resolution = args.resolution or (64 if tiny else 512)

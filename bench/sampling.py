@@ -42,9 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def random_weights(model: Any, clip: Any, seed: int = 0) -> Any:
     """Trained-like weights: small K/V deltas for every attn2 to_k/to_v and one token vector."""
-    from textloc.apply import model_kv_shapes
-    from textloc.trained import TrainedWeights
-    from textloc.weights import build_metadata
+    from textloc.weights.apply import model_kv_shapes
+    from textloc.weights.files import build_metadata
+    from textloc.weights.trained import TrainedWeights
 
     gen = torch.Generator().manual_seed(seed)
     shapes = {k: s for k, s in model_kv_shapes(model).items() if ".to_k." in k or ".to_v." in k}
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import comfy.utils
 
     import nodes
-    from textloc import token_attention as ta
-    from textloc.apply import apply_weights
+    from textloc.attention import token_attention as ta
+    from textloc.weights.apply import apply_weights
 
     comfy.utils.set_progress_bar_enabled(False)
     model, clip, vae = common.load_checkpoint()

@@ -84,7 +84,7 @@ def _config(args: argparse.Namespace, guidance: str, seed: int) -> Any:
 
 def load_sets(folder: Path) -> dict[str, Any]:
     """The training photos and the held-out scenes, each with the ball as its one concept."""
-    from textloc.dataset import build_concept, load_dataset
+    from textloc.data.dataset import build_concept, load_dataset
 
     sets = {}
     with torch.inference_mode():
@@ -135,7 +135,7 @@ def score_run(models: tuple[Any, Any, Any], clip: Any, sets: dict[str, Any], con
         if keep_pictures:
             save_overlays(args.out / f"{label}_{split}_attention.png", data.images, maps[:, 0],
                           data.concepts[0].masks)
-    from textloc.apply import clip_with_tokens
+    from textloc.weights.apply import clip_with_tokens
 
     prompt_clip = clip_with_tokens(clip, tokens) if tokens else clip
     rows = []

@@ -17,10 +17,11 @@ from .workflow import (
     nodes_of_type,
     to_api_prompt,
 )
+from .world_settings import apply_world_settings
 
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple",)
 IMAGE_FOLDERS = ("resized", "images")  # where a set in the paper's layout keeps its photos
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as textloc.images reads
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as textloc.data.images reads
 
 
 class InputDirError(ValueError):
@@ -63,15 +64,18 @@ def default_checkpoint() -> Path:
 
 
 def prepare_server(checkpoint: Path | None = None, input_dir: Path | None = None,
-                   base_dir: Path | None = None) -> ComfyServer:
-    """A not-yet-started server with a checkpoint and the input data folders in place."""
+                   base_dir: Path | None = None, more_checkpoints: Sequence[Path] = (),
+                   extra_args: Sequence[str] = ()) -> ComfyServer:
+    """A not-yet-started server with a checkpoint (and `more_checkpoints`), the random evaluation
+    encoders and the input data folders in place; `extra_args` go to ComfyUI's command line."""
     # imported here: they load torch (seconds), which the pre-start checks of a run do not need
     from .random_clip_vision import ensure_random_clip_vision
     from .random_inception import ensure_random_inception
 
     sets = input_sets(input_dir or SAMPLE_DATA_DIR)  # first: a wrong folder fails before any slow set-up
-    server = ComfyServer(base_dir=base_dir)
-    server.add_checkpoint(checkpoint or default_checkpoint())
+    server = ComfyServer(base_dir=base_dir, extra_args=list(extra_args))
+    for path in (*more_checkpoints, checkpoint or default_checkpoint()):
+        server.add_checkpoint(path)
     server.add_model("clip_vision", ensure_random_clip_vision())  # random encoders for tl_evaluate.json
     server.add_model("inception", ensure_random_inception())
     for folder in sets:
@@ -80,10 +84,16 @@ def prepare_server(checkpoint: Path | None = None, input_dir: Path | None = None
 
 
 def build_prompt(server: ComfyServer, workflow: dict[str, Any], overrides: Sequence[str] = (),
-                 checkpoint_name: str | None = None) -> dict[str, Any]:
-    """The API prompt of `workflow`; every override is checked against /object_info before any is set."""
+                 checkpoint_name: str | None = None, world_settings: bool = False) -> dict[str, Any]:
+    """The API prompt of `workflow`; every override is checked against /object_info before any is set.
+
+    `world_settings` applies the shapes-world model's sizes, steps and learning rate first (the files
+    keep the real-model defaults); overrides come after, so they win.
+    """
     object_info = server.object_info()
     prompt = to_api_prompt(workflow, object_info)
+    if world_settings:
+        apply_world_settings(prompt, object_info)
     if checkpoint_name:
         for node_id in (n for kind in CHECKPOINT_LOADERS for n in nodes_of_type(prompt, kind)):
             prompt[node_id]["inputs"]["ckpt_name"] = checkpoint_name
@@ -109,9 +119,12 @@ def collect_outputs(server: ComfyServer, result: RunResult, out_dir: Path) -> li
 
 def run_workflow_file(workflow_path: Path, out_dir: Path, checkpoint: Path | None = None,
                       input_dir: Path | None = None, overrides: Sequence[str] = (),
-                      timeout: float = 1800.0) -> tuple[RunResult, list[Path]]:
+                      timeout: float = 1800.0, world_settings: bool | None = None) -> tuple[RunResult, list[Path]]:
     """Run one workflow file; node ids of the overrides are checked from the file before the
-    (slow) server start, input names right after it, before anything is queued."""
+    (slow) server start, input names right after it, before anything is queued.
+
+    `world_settings` None: on when the checkpoint is the shapes-world model (the default one).
+    """
     workflow = load_workflow(workflow_path)
     problems = check_overrides(workflow, list(overrides))
     if problems:
@@ -120,7 +133,9 @@ def run_workflow_file(workflow_path: Path, out_dir: Path, checkpoint: Path | Non
     try:
         server.start()
         name = Path(checkpoint).name if checkpoint else None
-        prompt = build_prompt(server, workflow, overrides, checkpoint_name=name)
+        if world_settings is None:
+            world_settings = name is None or name == default_checkpoint().name
+        prompt = build_prompt(server, workflow, overrides, checkpoint_name=name, world_settings=world_settings)
         result = server.run(prompt, timeout=timeout, workflow=workflow)
         return result, collect_outputs(server, result, out_dir)
     finally:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,6 +82,7 @@ class ComfyServer:
         port: int | None = None,
         extra_args: list[str] | None = None,
         cpu: bool | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.comfy_dir = require_comfyui()
         self._own_base = base_dir is None
@@ -90,6 +92,7 @@ class ComfyServer:
         self.client_id = uuid.uuid4().hex
         self.cpu = _cpu_only() if cpu is None else cpu
         self.extra_args = extra_args or []
+        self.env = env or {}  # extra environment of the server process (e.g. PYTHONPATH for fault injection)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.base_dir / "server.log"
         self._prepare_base(checkpoints or [], input_dirs or [])
@@ -149,7 +152,7 @@ class ComfyServer:
         ]
         if self.cpu:
             args.append("--cpu")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         log = open(self.log_path, "ab")  # noqa: SIM115  (closed with the process)
         self.proc = subprocess.Popen(args, cwd=self.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
@@ -174,6 +177,14 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group, as a crash or the OOM killer would: nothing cleans up."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # started with start_new_session: pgid == pid
+            self.proc.wait(timeout=30)
         self.proc = None
 
     def cleanup(self) -> None:
@@ -282,15 +293,28 @@ class ComfyServer:
         urllib.request.urlopen(req, timeout=10).read()  # noqa: S310 (loopback)
 
     def save_images(self, result: RunResult, dest: Path) -> list[Path]:
-        """Download every image a prompt's output nodes reported into dest/."""
+        """Download every image a prompt's output nodes reported into dest/ as
+        node<id>_<index>_<ComfyUI's file name> (scripts/demo.py names and deduplicates its own)."""
         dest.mkdir(parents=True, exist_ok=True)
         saved = []
-        for node_id, out in sorted(result.outputs.items()):
-            for i, image in enumerate(out.get("images", [])):
-                path = dest / f"node{node_id}_{i:02d}_{image['filename']}"
-                path.write_bytes(self.view(image))
-                saved.append(path)
+        for node_id, i, image in output_images(result):
+            path = dest / f"node{node_id}_{i:02d}_{image['filename']}"
+            path.write_bytes(self.view(image))
+            saved.append(path)
         return saved
+
+
+def output_images(result: RunResult) -> list[tuple[str, int, dict[str, str]]]:
+    """(node id, index, image entry) of every image the output nodes reported, in node id order.
+
+    An entry's `type` says where ComfyUI keeps the file: `output` (saved, e.g. by Save Image) or
+    `temp` (a preview, e.g. Preview Image or a node's own preview).
+    """
+    def order(node_id: str) -> tuple[int, str]:
+        return (int(node_id), "") if node_id.isdigit() else (1 << 30, node_id)
+
+    return [(node_id, i, image) for node_id in sorted(result.outputs, key=order)
+            for i, image in enumerate(result.outputs[node_id].get("images") or [])]
 
 
 def _describe_rejection(body: dict[str, Any]) -> str:

@@ -12,6 +12,9 @@ from typing import Any
 
 from .workflow import _extra_widget_values, _is_widget, _ordered_inputs, default_value
 
+NOTE_TYPE = "Note"
+NOTE_COLOR, NOTE_BGCOLOR = "#432", "#653"  # the editor's "yellow" node colours, as its own notes use
+
 
 @dataclass
 class NodeSpec:
@@ -30,6 +33,9 @@ def build_ui_workflow(specs: list[NodeSpec], object_info: dict[str, Any]) -> dic
     out_links: dict[tuple[int, int], list[int]] = {}
     nodes = []
     for order, spec in enumerate(specs):
+        if spec.type == NOTE_TYPE:
+            nodes.append(_note_node(spec, order))
+            continue
         info = object_info[spec.type]
         unknown = set(spec.widgets) | set(spec.links)
         unknown -= {name for name, _ in _ordered_inputs(info)}
@@ -61,6 +67,8 @@ def build_ui_workflow(specs: list[NodeSpec], object_info: dict[str, Any]) -> dic
             **({"title": spec.title} if spec.title else {}),
         })
     for node in nodes:
+        if node["type"] == NOTE_TYPE:
+            continue
         info = object_info[node["type"]]
         for slot, (out_type, out_name) in enumerate(zip(info["output"], info["output_name"], strict=True)):
             node["outputs"].append({"name": out_name, "type": out_type,
@@ -71,6 +79,14 @@ def build_ui_workflow(specs: list[NodeSpec], object_info: dict[str, Any]) -> dic
         "nodes": nodes, "links": links, "groups": [], "config": {},
         "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
     }
+
+
+def _note_node(spec: NodeSpec, order: int) -> dict[str, Any]:
+    """The editor's own text note (not a server node): widgets {"text": ...}, drawn in the editor's note colours."""
+    return {"id": spec.id, "type": NOTE_TYPE, "pos": list(spec.pos), "size": list(spec.size), "flags": {},
+            "order": order, "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""},
+            "widgets_values": [spec.widgets["text"]], "color": NOTE_COLOR, "bgcolor": NOTE_BGCOLOR,
+            **({"title": spec.title} if spec.title else {})}
 
 
 def _socket_type(spec: list[Any]) -> str:

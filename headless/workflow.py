@@ -15,11 +15,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from textloc.config import TRAIN_NODE_WIDGETS, TRAINING_OPTIONS_WIDGETS
+
+from .workflow_migration import migrate_workflow
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "upload")
 SEED_NAMES = ("seed", "noise_seed")
 MODE_MUTED = 2
 MODE_BYPASS = 4
+TRAIN_NODE = "TL_TrainKV"
+OPTIONS_NODE = "TL_TrainingOptions"
 VIRTUAL_NODES = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
 
 
@@ -154,8 +160,11 @@ def default_value(spec: list[Any]) -> Any:
 
 
 def to_api_prompt(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
-    """Build the API prompt {node_id: {class_type, inputs}} the editor's Queue button sends."""
-    graph = _Graph(workflow)
+    """Build the API prompt {node_id: {class_type, inputs}} the editor's Queue button sends.
+
+    Workflows of the first training-node layout are mapped over first, as the editor does on load.
+    """
+    graph = _Graph(migrate_workflow(workflow))
     prompt: dict[str, Any] = {}
     for node_id, node in sorted(graph.nodes.items()):
         kind = node["type"]
@@ -247,6 +256,8 @@ def check_overrides(prompt_or_workflow: dict[str, Any], overrides: list[str],
             continue
         declared = info.get("input", {})
         valid_inputs = [*declared.get("required", {}), *declared.get("optional", {})]
+        if kind == TRAIN_NODE:  # its expert settings go to its TL Training Options (see set_training_inputs)
+            valid_inputs += [n for n in TRAINING_OPTIONS_WIDGETS if n not in valid_inputs]
         if not _is_workflow(prompt_or_workflow):  # inputs the editor created (e.g. dynamic ones) are valid too
             valid_inputs += [n for n in prompt_or_workflow[node_id].get("inputs", {}) if n not in valid_inputs]
         if name not in valid_inputs:
@@ -264,9 +275,45 @@ def apply_overrides(prompt: dict[str, Any], overrides: list[str],
         raise WorkflowFormatError("\n".join(problems))
     for text in overrides:
         node_id, name, value = parse_override(text)
-        prompt[node_id]["inputs"][name] = value
+        if prompt[node_id]["class_type"] == TRAIN_NODE:
+            set_training_inputs(prompt, node_id, object_info, **{name: value})
+        else:
+            prompt[node_id]["inputs"][name] = value
     return prompt
 
 
 def nodes_of_type(prompt: dict[str, Any], class_type: str) -> list[str]:
     return [nid for nid, node in prompt.items() if node["class_type"] == class_type]
+
+
+def ensure_training_options(prompt: dict[str, Any], train_node_id: str, object_info: dict[str, Any]) -> str:
+    """The id of the TL Training Options linked to a training node of an API prompt; links a new one at its
+    defaults when there is none (the paper's values, so the run does not change)."""
+    options = prompt[train_node_id]["inputs"].get("options")
+    if isinstance(options, list) and len(options) == 2:
+        return str(options[0])
+    spec = object_info[OPTIONS_NODE]["input"]
+    inputs = {name: default_value(s) for group in ("required", "optional") for name, s in spec.get(group, {}).items()}
+    node_id = str(max((int(n) for n in prompt if str(n).isdigit()), default=0) + 1)
+    prompt[node_id] = {"class_type": OPTIONS_NODE, "inputs": inputs, "_meta": {"title": "TL Training Options"}}
+    prompt[train_node_id]["inputs"]["options"] = [node_id, 0]
+    return node_id
+
+
+def set_training_inputs(prompt: dict[str, Any], train_node_id: str, object_info: dict[str, Any] | None = None,
+                        **values: Any) -> dict[str, Any]:
+    """Set settings of a training node in an API prompt on the node that holds each one: the training
+    node itself (guidance, steps, output_name, resume) or its TL Training Options (linked first, given
+    `object_info`, when there is none)."""
+    node = prompt[train_node_id]["inputs"]
+    for name, value in values.items():
+        if name in TRAIN_NODE_WIDGETS or name in node:
+            node[name] = value
+        elif name in TRAINING_OPTIONS_WIDGETS and (object_info is not None or isinstance(node.get("options"), list)):
+            options_id = (ensure_training_options(prompt, train_node_id, object_info) if object_info is not None
+                          else str(node["options"][0]))
+            prompt[options_id]["inputs"][name] = value
+        else:
+            raise WorkflowFormatError(f"training node {train_node_id} has no input '{name}' and no TL Training "
+                                      "Options linked to hold it.")
+    return prompt

@@ -11,11 +11,12 @@ from .attention_nodes import ShowTokenAttention
 from .auto_mask_nodes import MasksFromWordAttention
 from .dataset_nodes import LoadMultiConceptDataset, MaskTarget
 from .evaluation_nodes import EvaluateTLImages
-from .train_nodes import TrainTextualLocalization
+from .lora_nodes import ExportTLLoRA
+from .train_nodes import TrainingOptions, TrainTextualLocalization
 
 NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (LoadMultiConceptDataset, MasksFromWordAttention, MaskTarget,
-                                                 TrainTextualLocalization, ApplyTLWeights, ShowTokenAttention,
-                                                 EvaluateTLImages)
+                                                 TrainTextualLocalization, TrainingOptions, ApplyTLWeights, ShowTokenAttention,
+                                                 EvaluateTLImages, ExportTLLoRA)
 
 # Trained tokens are written to output/embeddings; like output/loras for LoRAs (added by ComfyUI
 # itself), that folder joins the embedding search path so `embedding:TOKEN` works in any prompt.

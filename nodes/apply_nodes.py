@@ -1,6 +1,6 @@
 """Apply TL Weights: trained K/V deltas onto a model clone, learned tokens into a CLIP clone.
 
-Thin adapter: file lookup, checks, patching and the tokenizer live in `textloc.apply`.
+Thin adapter: file lookup, checks, patching and the tokenizer live in `textloc.weights.apply`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..textloc import host
-from ..textloc.apply import (
+from ..textloc.errors import TLInputError
+from ..textloc.weights.apply import (
     NONE,
     apply_weights,
     load_weights_file,
@@ -17,8 +18,7 @@ from ..textloc.apply import (
     weight_file_options,
     weights_fingerprint,
 )
-from ..textloc.errors import TLInputError
-from ..textloc.trained import TrainedWeights
+from ..textloc.weights.trained import TrainedWeights
 from .common import CATEGORY_ROOT, RESULT_TYPE
 
 TLResult = io.Custom(RESULT_TYPE)

@@ -1,6 +1,6 @@
 """Show Token Attention: sample with ComfyUI's KSampler machinery and map where each word looks.
 
-Thin adapter: word lookup, recording, aggregation and colouring live in `textloc.token_attention`.
+Thin adapter: word lookup, recording, aggregation and colouring live in `textloc.attention.token_attention`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from comfy_api.latest import io, ui
 
 import nodes as comfy_nodes
 
-from ..textloc.images import check_image_batch
-from ..textloc.token_attention import NORMALIZATIONS, RESOLUTIONS_AUTO, show_token_attention
+from ..textloc.attention.token_attention import NORMALIZATIONS, RESOLUTIONS_AUTO, show_token_attention
+from ..textloc.data.images import check_image_batch
 from .common import CATEGORY_ROOT
 
 LATENT_CHANNELS = 4  # as EmptyLatentImage; KSampler's fix_empty_latent_channels adapts other models

@@ -1,6 +1,6 @@
 """Masks from Word Attention: masks for photos that have none, from where the class words look.
 
-Thin adapter: captioning, recording, thresholding and clean-up live in `textloc.auto_masks`.
+Thin adapter: captioning, recording, thresholding and clean-up live in `textloc.data.auto_masks`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
-from ..textloc.auto_masks import DEFAULT_TEMPLATE, DEFAULT_TIMESTEPS, masks_from_word_attention
+from ..textloc.data.auto_masks import DEFAULT_TEMPLATE, DEFAULT_TIMESTEPS, masks_from_word_attention
 from .common import CATEGORY_ROOT
 
 

@@ -1,6 +1,6 @@
 """Dataset nodes: load a multi-concept photo set and attach one concept (token + mask) to it.
 
-Thin adapters: reading, checks and mask work live in `textloc.dataset` / `textloc.masks`.
+Thin adapters: reading, checks and mask work live in `textloc.data.dataset` / `textloc.data.masks`.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..textloc.dataset import build_concept, folder_fingerprint, load_class_images, load_dataset
-from ..textloc.masks import overlay
+from ..textloc.data.dataset import build_concept, folder_fingerprint, load_class_images, load_dataset
+from ..textloc.data.masks import overlay
+from ..textloc.data.set_folders import folder_choices
 from .common import CATEGORY_ROOT, DATASET_TYPE
 
 TLDataset = io.Custom(DATASET_TYPE)
 
 
 class LoadMultiConceptDataset(io.ComfyNode):
-    """Read photos and their per-concept masks from a folder under input/."""
+    """Read photos and their per-concept masks from a folder under input/ or a bundled sample set."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -35,9 +36,10 @@ class LoadMultiConceptDataset(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "folder",
-                    options=folder_paths.get_input_subfolders(),
+                    options=folder_choices(folder_paths.get_input_subfolders()),
                     tooltip=(
-                        "A sub-folder of ComfyUI's input/ folder. Layouts: NAME/resized/*.png with masks in "
+                        "A sub-folder of ComfyUI's input/ folder, or one of the pack's read-only sample sets "
+                        "([sample] shapes_pair ...). Layouts: NAME/resized/*.png with masks in "
                         "NAME/mask_1/, NAME/mask_2/ (the paper's layout), or a flat folder with "
                         "photo.png + photo_mask_1.png, photo_mask_2.png. Refresh the page after adding a folder."
                     ),
@@ -206,7 +208,8 @@ class MaskTarget(io.ComfyNode):
                     optional=True,
                     tooltip=(
                         "Instead of class_images: a folder under input/ holding class images (e.g. "
-                        "prior/doll). Empty = not used. Ignored when class_images is connected."
+                        "prior/doll), or a folder inside a sample set ([sample] NAME/SUB). "
+                        "Empty = not used. Ignored when class_images is connected."
                     ),
                 ),
             ],

@@ -1,6 +1,6 @@
 """Evaluate TL Images: the paper's scores (CLIP-I, CLIP-T, KID, attention overlap) for generated images.
 
-Thin adapter: finding and loading the encoders; the scores live in `textloc.evaluation`.
+Thin adapter: finding and loading the encoders; the scores live in `textloc.evaluation.scores`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from comfy_api.latest import io
 
 from ..textloc import host
 from ..textloc.errors import TLInputError
-from ..textloc.evaluation import (
+from ..textloc.evaluation.scores import (
     INCEPTION_WEIGHTS_NAME,
     Encoders,
     evaluate,
@@ -25,8 +25,8 @@ from ..textloc.evaluation import (
     inception_feature_extractor,
     read_text_projection,
 )
-from ..textloc.run_files import RUN_NAME
-from ..textloc.weights import atomic_write_text, file_stamp
+from ..textloc.training.run_files import RUN_NAME
+from ..textloc.weights.files import atomic_write_text, file_stamp
 from .common import CATEGORY_ROOT
 
 NONE = "none"

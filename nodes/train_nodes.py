@@ -1,6 +1,14 @@
-"""The training node: Textual Localization on the loaded model. All the work is in textloc.training."""
+"""The training node and its expert settings: Textual Localization on the loaded model.
+
+All the work is in textloc.training.loop. The training node shows what an artist sets on every run;
+TL Training Options holds the rest (the pattern of ComfyUI's own sampler nodes), each at the
+paper's value until changed.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import replace
 
 from comfy_api.latest import io, ui
 
@@ -12,13 +20,18 @@ from ..textloc.config import (
     GUIDANCE_MODES,
     PRECISIONS,
     TrainConfig,
+    legacy_settings,
 )
-from ..textloc.run_files import plan_run
-from ..textloc.training import TrainingJob, train
-from .common import CATEGORY_ROOT, DATASET_TYPE, RESULT_TYPE
+from ..textloc.errors import TLInputError
+from ..textloc.training.loop import TrainingJob, train
+from ..textloc.training.run_files import plan_run
+from .common import CATEGORY_ROOT, DATASET_TYPE, OPTIONS_TYPE, RESULT_TYPE
 
+log = logging.getLogger(__name__)
 TLDataset = io.Custom(DATASET_TYPE)
 TLResult = io.Custom(RESULT_TYPE)
+TLOptions = io.Custom(OPTIONS_TYPE)
+DEFAULTS = TrainConfig()
 
 
 class TrainTextualLocalization(io.ComfyNode):
@@ -35,8 +48,8 @@ class TrainTextualLocalization(io.ComfyNode):
                 "cross-attention layer (a copy; your model is not changed) and the token's embedding, while a "
                 "loss pulls the token's attention map onto the concept's mask. Writes the K/V weights to "
                 "output/loras/textual_localization/, each token to output/embeddings/ (use embedding:TOKEN), "
-                "and checkpoints, loss history and the workflow to output/textual_localization/<name>/. "
-                "Defaults follow the paper's released scripts; 0 means 'auto' for the number of concepts."
+                "and checkpoints, loss history, loss chart and the workflow to output/textual_localization/<name>/. "
+                "Every other setting is at the paper's value; connect TL Training Options to change them."
             ),
             is_output_node=True,
             inputs=[
@@ -44,29 +57,13 @@ class TrainTextualLocalization(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The checkpoint's text encoder: the new tokens are trained through it."),
                 io.Vae.Input("vae", tooltip="Encodes the photos and class images to latents once, before training."),
                 TLDataset.Input("dataset", tooltip="From Mask Target (one Mask Target per concept to learn)."),
-                io.Combo.Input("guidance", options=list(GUIDANCE_MODES), default="hard", tooltip=(
+                io.Combo.Input("guidance", options=list(GUIDANCE_MODES), default=DEFAULTS.guidance, tooltip=(
                     "hard: the token's attention map should equal the mask (best localization in the paper). "
                     "soft: only attention outside the mask is penalised (freer, better text alignment). "
                     "none: no attention loss, i.e. plain Custom Diffusion, for comparison.")),
-                io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.05, tooltip=(
-                    "Weight of the attention loss. The authors' code uses 1.0. Raise it if the token still "
-                    "attends to the other objects; 0 turns guidance off.")),
-                io.Int.Input("steps", default=0, min=0, max=100000, tooltip=(
+                io.Int.Input("steps", default=DEFAULTS.steps, min=0, max=100000, tooltip=(
                     "Optimizer steps. 0 = auto: 400 per concept (the paper: 400 for one, 800 for two). "
                     "A few dozen are enough to try the pipeline.")),
-                io.Float.Input("learning_rate", default=0.0, min=0.0, max=0.1, step=1e-6, round=1e-8, tooltip=(
-                    "AdamW learning rate. 0 = auto: 1e-5 x batch x 2 with prior images (the paper's --scale_lr "
-                    "on one GPU: 4e-5 for one concept, 6e-5 for two). Constant, no warm-up.")),
-                io.Int.Input("batch_size", default=0, min=0, max=64, tooltip=(
-                    "Photos per step. 0 = auto: 2 for one concept, 3 for two (the paper). Each concept's "
-                    "prior images add the same number again to the UNet batch.")),
-                io.Float.Input("prior_weight", default=1.0, min=0.0, max=10.0, step=0.05, tooltip=(
-                    "Weight of class-prior preservation (the paper: 1.0). Needs class images on each Mask "
-                    "Target; 0 turns it off.")),
-                io.Int.Input("seed", default=42, min=0, max=2**31 - 1, control_after_generate=False, tooltip=(
-                    "Seed for noise and timesteps (the paper: 42). The same seed and inputs give the same run.")),
-                io.Int.Input("checkpoint_every", default=0, min=0, max=100000, tooltip=(
-                    "Save a resumable checkpoint every N steps. 0 = auto: 50 per concept (the paper: 50 / 100).")),
                 io.String.Input("output_name", default="tl_concept", tooltip=(
                     "Run name: files go to output/textual_localization/<name>/ and "
                     "output/loras/textual_localization/<name>.safetensors. An existing run is never "
@@ -75,58 +72,40 @@ class TrainTextualLocalization(io.ComfyNode):
                     "Continue run <output_name> from its latest checkpoint (weights, tokens, optimizer, step "
                     "and random state), so the loss curve goes on as if never stopped. A name without a "
                     "checkpoint stops with the list of runs that can be resumed.")),
-                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", tooltip=(
-                    "auto: fp32 on the CPU, bf16 on GPUs that have it, else fp16 (with loss scaling). "
-                    "The trainable weights always stay fp32.")),
-                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING_MODES), default="auto",
-                               tooltip=(
-                    "Recompute activations in the backward pass: much less memory, about a third slower. "
-                    "auto: on for GPUs under 16 GB (SD1.5 at 512 px on an 8 GB card needs it) and for "
-                    "SDXL; off on the CPU.")),
-                io.Boolean.Input("train_token", default=True, tooltip=(
-                    "Train each concept's token embedding (the paper does). Off: only W_K/W_V learn and the "
-                    "token keeps its initial word's embedding.")),
-                io.Boolean.Input("train_q", default=False, tooltip=(
-                    "Also train W_Q (the paper's ablation 'wqwkwv'). Off by default, as in the paper.")),
-                io.String.Input("prompt", default=DEFAULT_PROMPT, tooltip=(
-                    "Training prompt; {concepts} becomes each concept's phrase joined with ' and '. "
-                    "The paper: 'photo of a <new1> doll' and 'photo of a <new1> bucket and a <new2> doll'.")),
-                io.String.Input("concept_phrase", default=DEFAULT_CONCEPT_PHRASE, tooltip=(
-                    "How one concept is written in the prompt; {token} and {class} are filled in.")),
-                io.Float.Input("weight_decay", default=0.01, min=0.0, max=1.0, step=0.001, tooltip=(
-                    "AdamW weight decay on the trained deltas and tokens (the paper: 1e-2).")),
-                io.Float.Input("grad_clip", default=1.0, min=0.0, max=100.0, step=0.1, tooltip=(
-                    "Gradient norm clipping (the paper: 1.0).")),
-                io.Int.Input("preview_every", default=10, min=0, max=10000, tooltip=(
-                    "Show the token's attention map next to its mask every N steps (0: only at the end).")),
-                io.Int.Input("attention_size", default=0, min=0, max=1024, step=8, tooltip=(
-                    "Side of the maps compared with the masks. 0 = auto: half the image size, at most 256 "
-                    "(the paper: 256 at 512 px).")),
+                TLOptions.Input("options", optional=True, tooltip=(
+                    "Expert settings from TL Training Options (learning rate, batch, prior, precision, prompt, "
+                    "LoRA export, ...). Not connected: the paper's values.")),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="A copy of the model with the learned K/V deltas."),
                 io.Clip.Output(display_name="CLIP", tooltip="The text encoder; write embedding:TOKEN in prompts."),
                 TLResult.Output(display_name="tl_result", tooltip="The learned weights, for Apply TL Weights."),
                 io.LossMap.Output(display_name="loss", tooltip="Total loss per step (connect Plot Loss Graph)."),
-                io.Image.Output(display_name="attention", tooltip="Each token's attention map | its mask."),
+                io.Image.Output(display_name="attention", tooltip=(
+                    "Per concept: the training photo, the token's attention map over it and its mask, "
+                    "labelled with the token and step.")),
                 io.String.Output(display_name="trigger", tooltip="What to type in prompts for the concepts."),
+                io.Image.Output(display_name="loss_chart", tooltip=(
+                    "The four losses (total, denoise, prior, attention) per step on a log scale; also saved as "
+                    "loss_chart.png in the run folder.")),
             ],
-            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo, io.Hidden.prompt],
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, dataset, guidance: str, attention_weight: float, steps: int,
-                learning_rate: float, batch_size: int, prior_weight: float, seed: int, checkpoint_every: int,
-                output_name: str, resume: bool, precision: str, gradient_checkpointing: str,
-                train_token: bool, train_q: bool, prompt: str, concept_phrase: str, weight_decay: float,
-                grad_clip: float, preview_every: int, attention_size: int) -> io.NodeOutput:
-        config = TrainConfig(
-            guidance=guidance, attention_weight=attention_weight, prior_weight=prior_weight, steps=steps,
-            learning_rate=learning_rate, batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed,
-            weight_decay=weight_decay, grad_clip=grad_clip, train_token=train_token, train_q=train_q,
-            prompt=prompt, concept_phrase=concept_phrase, precision=precision,
-            gradient_checkpointing=gradient_checkpointing, attention_size=attention_size,
-            preview_every=preview_every)
+    def execute(cls, model, clip, vae, dataset, guidance: str, steps: int, output_name: str, resume: bool,
+                options: TrainConfig | None = None) -> io.NodeOutput:
+        config = replace(options or DEFAULTS, guidance=guidance, steps=steps)
+        old_inputs = _old_layout_settings(cls.hidden.prompt, cls.hidden.unique_id)
+        if old_inputs and options is not None:
+            raise TLInputError(
+                "options", f"the prompt also sets {', '.join(sorted(old_inputs))} on the training node itself "
+                "(the layout of older workflows), so two values would compete.",
+                "remove those inputs from the training node's prompt entry, or disconnect TL Training Options.")
+        if old_inputs:
+            log.info("training node %s: settings of an older prompt mapped over: %s", cls.hidden.unique_id,
+                     ", ".join(f"{k}={v}" for k, v in sorted(old_inputs.items())))
+            config = replace(config, **old_inputs)
         run, resume_from = plan_run(host.output_directory(), output_name.strip(), resume)
         pnginfo = cls.hidden.extra_pnginfo or {}
         job = TrainingJob(model=model, clip=clip, vae=vae, dataset=dataset, config=config, run=run,
@@ -135,4 +114,91 @@ class TrainTextualLocalization(io.ComfyNode):
         result = train(job)
         loss_map = {"loss": [h["total"] for h in result.loss_history]}
         return io.NodeOutput(result.model, result.clip, result.weights(), loss_map, result.attention_preview,
-                             result.trigger_text, ui=ui.PreviewImage(result.attention_preview, cls=cls))
+                             result.trigger_text, result.loss_chart,
+                             ui=ui.PreviewImage(result.attention_preview, cls=cls))
+
+
+def _old_layout_settings(prompt: object, node_id: object) -> dict[str, object]:
+    """Expert settings that an API prompt of the first layout gives the training node itself."""
+    if not isinstance(prompt, dict) or str(node_id) not in prompt:
+        return {}
+    inputs = prompt[str(node_id)].get("inputs", {})
+    return legacy_settings(inputs) if isinstance(inputs, dict) else {}
+
+
+class TrainingOptions(io.ComfyNode):
+    """The trainer's expert settings, each at the paper's value until changed."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TL_TrainingOptions",
+            display_name="TL Training Options",
+            category=f"{CATEGORY_ROOT}/training",
+            description=(
+                "Expert settings of Train Textual Localization (K/V): connect to its options input. Every value "
+                "starts at the paper's; 0 means 'auto' for the number of concepts. On a small test model raise "
+                "learning_rate; on an 8 GB card keep gradient_checkpointing on auto."
+            ),
+            inputs=[
+                io.Float.Input("attention_weight", default=DEFAULTS.attention_weight, min=0.0, max=100.0, step=0.05,
+                               tooltip=(
+                    "Weight of the attention loss. The authors' code uses 1.0. Raise it if the token still "
+                    "attends to the other objects; 0 turns guidance off.")),
+                io.Float.Input("learning_rate", default=DEFAULTS.learning_rate, min=0.0, max=0.1, step=1e-6,
+                               round=1e-8, tooltip=(
+                    "AdamW learning rate. 0 = auto: 1e-5 x batch x 2 with prior images (the paper's --scale_lr "
+                    "on one GPU: 4e-5 for one concept, 6e-5 for two). Constant, no warm-up.")),
+                io.Int.Input("batch_size", default=DEFAULTS.batch_size, min=0, max=64, tooltip=(
+                    "Photos per step. 0 = auto: 2 for one concept, 3 for two (the paper). Each concept's "
+                    "prior images add the same number again to the UNet batch.")),
+                io.Float.Input("prior_weight", default=DEFAULTS.prior_weight, min=0.0, max=10.0, step=0.05, tooltip=(
+                    "Weight of class-prior preservation (the paper: 1.0). Needs class images on each Mask "
+                    "Target; 0 turns it off.")),
+                io.Int.Input("seed", default=DEFAULTS.seed, min=0, max=2**31 - 1, control_after_generate=False,
+                             tooltip=(
+                    "Seed for noise and timesteps (the paper: 42). The same seed and inputs give the same run.")),
+                io.Int.Input("checkpoint_every", default=DEFAULTS.checkpoint_every, min=0, max=100000, tooltip=(
+                    "Save a resumable checkpoint every N steps. 0 = auto: 50 per concept (the paper: 50 / 100).")),
+                io.Combo.Input("precision", options=list(PRECISIONS), default=DEFAULTS.precision, tooltip=(
+                    "auto: fp32 on the CPU, bf16 on GPUs that have it, else fp16 (with loss scaling). "
+                    "The trainable weights always stay fp32.")),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING_MODES),
+                               default=DEFAULTS.gradient_checkpointing, tooltip=(
+                    "Recompute activations in the backward pass: much less memory, about a third slower. "
+                    "auto: on for GPUs under 16 GB (SD1.5 at 512 px on an 8 GB card needs it) and for "
+                    "SDXL; off on the CPU.")),
+                io.Boolean.Input("train_token", default=DEFAULTS.train_token, tooltip=(
+                    "Train each concept's token embedding (the paper does). Off: only W_K/W_V learn and the "
+                    "token keeps its initial word's embedding.")),
+                io.Boolean.Input("train_q", default=DEFAULTS.train_q, tooltip=(
+                    "Also train W_Q (the paper's ablation 'wqwkwv'). Off by default, as in the paper.")),
+                io.String.Input("prompt", default=DEFAULT_PROMPT, tooltip=(
+                    "Training prompt; {concepts} becomes each concept's phrase joined with ' and '. "
+                    "The paper: 'photo of a <new1> doll' and 'photo of a <new1> bucket and a <new2> doll'.")),
+                io.String.Input("concept_phrase", default=DEFAULT_CONCEPT_PHRASE, tooltip=(
+                    "How one concept is written in the prompt; {token} and {class} are filled in.")),
+                io.Float.Input("weight_decay", default=DEFAULTS.weight_decay, min=0.0, max=1.0, step=0.001,
+                               tooltip="AdamW weight decay on the trained deltas and tokens (the paper: 1e-2)."),
+                io.Float.Input("grad_clip", default=DEFAULTS.grad_clip, min=0.0, max=100.0, step=0.1,
+                               tooltip="Gradient norm clipping (the paper: 1.0)."),
+                io.Int.Input("preview_every", default=DEFAULTS.preview_every, min=0, max=10000, tooltip=(
+                    "Show the token's attention map next to its mask every N steps (0: only at the end).")),
+                io.Int.Input("attention_size", default=DEFAULTS.attention_size, min=0, max=1024, step=8, tooltip=(
+                    "Side of the maps compared with the masks. 0 = auto: half the image size, at most 256 "
+                    "(the paper: 256 at 512 px).")),
+                io.Int.Input("lora_rank", default=DEFAULTS.lora_rank, min=0, max=768, tooltip=(
+                    "Also write the K/V deltas as a standard LoRA of this rank (kohya keys: ComfyUI's LoRA "
+                    "loaders and other UIs read it) beside the full K/V file. 0: no LoRA file. 16 keeps "
+                    "most of the delta at a fraction of the size.")),
+            ],
+            outputs=[TLOptions.Output(display_name="options", tooltip=(
+                "Connect to the options input of Train Textual Localization (K/V)."))],
+        )
+
+    @classmethod
+    def execute(cls, **settings: object) -> io.NodeOutput:
+        config = replace(DEFAULTS, **settings)
+        config.validate()
+        return io.NodeOutput(config)
+

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..textloc import host
-from ..textloc.train_history import TRAIN_STEP_EVENT, TrainHistory
+from ..textloc.training.history import TRAIN_STEP_EVENT, TrainHistory
 
 ROUTE = "/textual_localization/train_history"
 

@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from headless.comfy_boot import boot_comfy  # noqa: E402
 from textloc import host  # noqa: E402
-from textloc.dataset import fit_images, image_files  # noqa: E402
+from textloc.data.dataset import fit_images, image_files  # noqa: E402
+from textloc.data.images import read_image_rgb, read_mask  # noqa: E402
 from textloc.errors import TLInputError  # noqa: E402
-from textloc.evaluation import (  # noqa: E402
+from textloc.evaluation.scores import (  # noqa: E402
     Encoders,
     EvaluationScores,
     clip_image_features,
@@ -39,8 +40,7 @@ from textloc.evaluation import (  # noqa: E402
     mean_scores,
     read_text_projection,
 )
-from textloc.images import read_image_rgb, read_mask  # noqa: E402
-from textloc.weights import atomic_write_text  # noqa: E402
+from textloc.weights.files import atomic_write_text  # noqa: E402
 
 PROMPT_FILE = "prompt.txt"
 IMAGE_SIZE = 512  # images are fitted (short side, centre crop) to one square size so they batch

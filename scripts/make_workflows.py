@@ -23,19 +23,60 @@ from headless.ui_builder import (
     build_ui_workflow,  # noqa: E402
 )
 from shapes_world.model import CHECKPOINT_NAME, ensure_world_checkpoint  # noqa: E402
-from shapes_world.training_sets import PHOTO_SIZE, TRAIN_SET  # noqa: E402
+from shapes_world.training_sets import TRAIN_SET  # noqa: E402
+from textloc.data.set_folders import sample_entry  # noqa: E402
 
-# The examples use the shapes world: a tiny SD1.5-format model pretrained on balls and boxes, and
-# photos of a magenta ball (a colour it never saw) beside a yellow box.
+# The examples name the shapes world (a tiny SD1.5-format model pretrained on balls and boxes) and the
+# pack's bundled photos of a magenta ball beside a yellow box, so they run right after cloning. Every
+# other value is the node's default, meant for a real checkpoint (SD1.5 at 512 px); the demo, the tests
+# and the headless runner on the world model apply its small sizes themselves (headless/world_settings.py).
 CHECKPOINT = CHECKPOINT_NAME
-DATASET = TRAIN_SET
+DATASET = sample_entry(TRAIN_SET)
+NOTE_WIDTH = 360
+
+# What each workflow's Note says about real checkpoints.
+REAL_MODEL_NOTE = (
+    "On your own model\n"
+    "- Load Checkpoint: pick an SD1.5 checkpoint (the paper's), SD2.x or SDXL. tl_shapes_world is the "
+    "pack's tiny test model (64 px); it only exists where the pack's demo or tests built it.\n"
+    "- Load Multi-Concept Dataset: your folder under input/ (photos + mask_1, mask_2, ...). resolution: 512 "
+    "for SD1.5, 768 for SD2.x-v, 1024 for SDXL.\n"
+    "- Empty Latent Image and Show Token Attention width/height: the same size.\n"
+)
+TRAINING_NOTE = (
+    "Training settings\n"
+    "- steps 0 = the paper's: 400 per concept (800 for two). A first try: 50-100.\n"
+    "- Everything else is on TL Training Options (not connected = the paper's values): learning_rate 0 = "
+    "4e-5 for one concept, 6e-5 for two; batch 2 / 3; prior_weight 1 with class images.\n"
+    "- 8 GB card, SD1.5 at 512 px: keep gradient_checkpointing on auto. SDXL needs about 16 GB.\n"
+    "- lora_rank (on TL Training Options): also write a standard LoRA that other UIs read; 16 is a good size.\n"
+    "- The pack's tiny shapes model uses steps 100 and learning_rate 3e-4 at 64 px instead.\n"
+)
+SAMPLING_NOTE = (
+    "Sampling\n"
+    "- KSampler: the defaults (20 steps, cfg 8) suit SD1.5; the tiny shapes model uses cfg 5 at 64 px.\n"
+    "- Write embedding:TOKEN before the class word, e.g. 'a photo of a embedding:tl_ball ball'.\n"
+)
+
+
+EVALUATE_NOTE = (
+    "- Evaluate TL Images: pick CLIP ViT-L/14 as clip_vision_name for the paper's CLIP-I/CLIP-T scores "
+    "(the demo's encoder is random).\n"
+)
+AUTO_MASK_NOTE = (
+    "- Masks from Word Attention: on SD1.5 a plain caption ('a photo of a ball and a box') works; name what "
+    "tells the objects apart (colour, material) when the words alone are ambiguous.\n"
+)
+
+
+def _note(node_id: int, text: str, pos: tuple[float, float], height: float = 260) -> NodeSpec:
+    return NodeSpec(node_id, "Note", {"text": text}, pos=pos, size=(NOTE_WIDTH, height))
 
 
 def dataset_preview() -> list[NodeSpec]:
     """Load the sample photos, define two concepts, preview images, masks and overlays."""
     return [
-        NodeSpec(1, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": PHOTO_SIZE}, pos=(40, 80),
-                 size=(340, 170)),
+        NodeSpec(1, "TL_LoadMultiConceptDataset", {"folder": DATASET}, pos=(40, 80), size=(340, 170)),
         NodeSpec(2, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (1, 0)}, pos=(430, 80), size=(320, 260)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 2, "token": "tl_box", "class_word": "box"},
@@ -49,17 +90,13 @@ def dataset_preview() -> list[NodeSpec]:
                  pos=(800, 400), size=(320, 300)),
         NodeSpec(8, "SaveImage", {"filename_prefix": "tl_overlay_box"}, {"images": (3, 1)},
                  pos=(1170, 80), size=(320, 300)),
+        _note(9, "Your own photos\n- Put a folder under ComfyUI's input/: NAME/resized/*.png with masks in "
+              "NAME/mask_1/, NAME/mask_2/ (white = the object), then refresh the page.\n- resolution: 512 for "
+              "SD1.5 (the paper), 1024 for SDXL.\n- One Mask Target per object to learn; mask_index picks its "
+              "mask. The overlays should cover exactly that object.\n", pos=(1170, 420), height=220),
     ]
 
 
-# The world model's size (64 px, 8x8 latents): 100 steps at lr 3e-4 train in well under a minute on a
-# CPU (bench/shapes_world.py uses the same). On SD1.5 leave steps and learning_rate at 0 (the paper's).
-TRAIN_RESOLUTION = 64
-TRAIN_STEPS = 100
-TRAIN_LR = 3e-4
-SAMPLE_SIZE = 64
-SAMPLE_STEPS = 20
-SAMPLE_CFG = 5.0
 BALL_PROMPT = "a photo of a embedding:tl_ball ball"
 BALL_WEIGHTS = "textual_localization/tl_demo_ball.safetensors"  # written by tl_train_and_generate.json
 COMPARE_BATCH = 8
@@ -68,10 +105,9 @@ EVAL_BATCH = 4
 
 
 def _trainer(node_id: int, dataset: int, output_name: str, pos: tuple[float, float]) -> NodeSpec:
-    return NodeSpec(node_id, "TL_TrainKV", {"steps": TRAIN_STEPS, "learning_rate": TRAIN_LR, "prior_weight": 0.0,
-                                            "output_name": output_name},
+    return NodeSpec(node_id, "TL_TrainKV", {"output_name": output_name},
                     {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "dataset": (dataset, 0)},
-                    pos=pos, size=(340, 620))
+                    pos=pos, size=(340, 330))
 
 
 def _generate(first_id: int, model: tuple[int, int], clip: tuple[int, int], prompt: str, prefix: str,
@@ -82,9 +118,8 @@ def _generate(first_id: int, model: tuple[int, int], clip: tuple[int, int], prom
         NodeSpec(enc, "CLIPTextEncode", {"text": prompt}, {"clip": clip}, pos=(x, y), size=(320, 120)),
         NodeSpec(neg, "CLIPTextEncode", {"text": ""}, {"clip": clip}, pos=(x, y + 160), size=(320, 120),
                  title="Negative"),
-        NodeSpec(empty, "EmptyLatentImage", {"width": SAMPLE_SIZE, "height": SAMPLE_SIZE, "batch_size": batch_size},
-                 pos=(x, y + 320), size=(320, 110)),
-        NodeSpec(sampler, "KSampler", {"seed": 1, "steps": SAMPLE_STEPS, "cfg": SAMPLE_CFG},
+        NodeSpec(empty, "EmptyLatentImage", {"batch_size": batch_size}, pos=(x, y + 320), size=(320, 110)),
+        NodeSpec(sampler, "KSampler", {"seed": 1},
                  {"model": model, "positive": (enc, 0), "negative": (neg, 0), "latent_image": (empty, 0)},
                  pos=(x + 360, y), size=(320, 270)),
         NodeSpec(decode, "VAEDecode", {}, {"samples": (sampler, 0), "vae": (1, 2)}, pos=(x + 360, y + 310),
@@ -99,8 +134,7 @@ def _show(node_id: int, model: tuple[int, int], clip: tuple[int, int], words: st
           seed: int = 1) -> NodeSpec:
     links = {"model": model, "clip": clip, "vae": (1, 2), **({"images": images} if images else {})}
     return NodeSpec(node_id, "TL_ShowTokenAttention",
-                    {"text": prompt, "words": words, "seed": seed, "steps": SAMPLE_STEPS, "width": SAMPLE_SIZE,
-                     "height": SAMPLE_SIZE, "batch_size": 1, "denoise": 0.6},
+                    {"text": prompt, "words": words, "seed": seed},
                     links, pos=pos, size=(340, 640), title=title)
 
 
@@ -108,7 +142,7 @@ def _ball_set() -> list[NodeSpec]:
     """Nodes 1-3 of the ball workflows: the world checkpoint, the world's photos at training size, the ball."""
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
-        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET},
                  pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
@@ -132,6 +166,7 @@ def guidance_compare() -> list[NodeSpec]:
         *_generate(8, (6, 0), (6, 1), prompt_none, "tl_guidance_none", x=1160, batch_size=COMPARE_BATCH),
         *_generate(14, (7, 0), (7, 1), prompt_none, "tl_guidance_hard", x=1160, batch_size=COMPARE_BATCH,
                    y=760),
+        _note(20, REAL_MODEL_NOTE + "\n" + TRAINING_NOTE + "\n" + SAMPLING_NOTE, pos=(-360, 80), height=420),
     ]
 
 
@@ -146,6 +181,7 @@ def train_and_generate() -> list[NodeSpec]:
                  title="Trigger text"),
         *_generate(7, (5, 0), (5, 1), BALL_PROMPT, "tl_demo_ball", x=1160),
         _show(13, (5, 0), (5, 1), "embedding:tl_ball, ball", pos=(1160, 560)),
+        _note(14, REAL_MODEL_NOTE + "\n" + TRAINING_NOTE + "\n" + SAMPLING_NOTE, pos=(-360, 80), height=420),
     ]
 
 
@@ -156,7 +192,7 @@ def before_after_attention() -> list[NodeSpec]:
     after = {"weights": BALL_WEIGHTS, "strength_model": 1.0, "strength_token": 1.0}
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
-        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET},
                  pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_ApplyWeights", before, {"model": (1, 0), "clip": (1, 1)}, pos=(420, 80),
                  size=(320, 170), title="Before training (strengths 0)"),
@@ -174,6 +210,7 @@ def before_after_attention() -> list[NodeSpec]:
         NodeSpec(11, "MaskToImage", {}, {"mask": (8, 2)}, pos=(1900, 760), size=(220, 50)),
         NodeSpec(12, "PreviewImage", {}, {"images": (11, 0)}, pos=(1900, 840), size=(320, 300),
                  title="After: maps on the photos"),
+        _note(13, REAL_MODEL_NOTE + "\n" + SAMPLING_NOTE, pos=(-360, 80), height=420),
     ]
 
 
@@ -195,6 +232,7 @@ def evaluate() -> list[NodeSpec]:
                   "object_masks": (3, 2)}, pos=(1500, 440), size=(400, 560)),
         NodeSpec(13, "PreviewAny", {}, {"source": (12, 0)}, pos=(1940, 440), size=(360, 300),
                  title="Scores"),
+        _note(14, REAL_MODEL_NOTE + "\n" + SAMPLING_NOTE + EVALUATE_NOTE, pos=(-360, 80), height=420),
     ]
 
 
@@ -212,6 +250,7 @@ def two_concepts() -> list[NodeSpec]:
                  title="Trigger text"),
         *_generate(8, (6, 0), (6, 1), prompt, "tl_demo_pair", x=1160),
         _show(14, (6, 0), (6, 1), "embedding:tl_ball, embedding:tl_box", pos=(1160, 560), prompt=prompt),
+        _note(15, REAL_MODEL_NOTE + "\n" + TRAINING_NOTE + "\n" + SAMPLING_NOTE, pos=(-360, 80), height=420),
     ]
 
 
@@ -219,36 +258,35 @@ def train() -> list[NodeSpec]:
     """Train tl_ball with hard guidance and class-prior images generated in the same graph.
 
     The prior images come from the base model prompted with the class word alone (the paper's
-    recipe); the trainer saves weights, token, checkpoints and loss history, and shows the
-    token's attention map next to its mask.
+    recipe); the trainer saves weights, token, checkpoints, loss history and loss chart, and shows
+    the token's attention map over the photo next to its mask. TL Training Options is connected at
+    its defaults, to show where the expert settings are.
     """
-    size = TRAIN_RESOLUTION
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
         NodeSpec(2, "CLIPTextEncode", {"text": "ball"}, {"clip": (1, 1)}, pos=(40, 240), size=(320, 100),
                  title="Class prompt"),
         NodeSpec(3, "CLIPTextEncode", {"text": ""}, {"clip": (1, 1)}, pos=(40, 380), size=(320, 100),
                  title="Negative"),
-        NodeSpec(4, "EmptyLatentImage", {"width": size, "height": size, "batch_size": 4}, pos=(40, 520),
-                 size=(320, 110)),
-        NodeSpec(5, "KSampler", {"seed": 7, "steps": SAMPLE_STEPS, "cfg": 7.0},
+        NodeSpec(4, "EmptyLatentImage", {"batch_size": 4}, pos=(40, 520), size=(320, 110)),
+        NodeSpec(5, "KSampler", {"seed": 7},
                  {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)},
                  pos=(400, 300), size=(320, 270), title="Class images (prior)"),
         NodeSpec(6, "VAEDecode", {}, {"samples": (5, 0), "vae": (1, 2)}, pos=(400, 610), size=(220, 50)),
-        NodeSpec(7, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
-                 pos=(400, 80), size=(340, 170)),
+        NodeSpec(7, "TL_LoadMultiConceptDataset", {"folder": DATASET}, pos=(400, 80), size=(340, 170)),
         NodeSpec(8, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
                  {"dataset": (7, 0), "class_images": (6, 0)}, pos=(780, 80), size=(320, 340)),
-        NodeSpec(9, "TL_TrainKV", {"steps": TRAIN_STEPS, "learning_rate": TRAIN_LR, "output_name": "tl_ball",
-                                   "checkpoint_every": 10},
-                 {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "dataset": (8, 0)},
-                 pos=(1140, 80), size=(340, 620)),
-        NodeSpec(10, "LossGraphNode", {"filename_prefix": "tl_ball_loss"}, {"loss": (9, 3)},
-                 pos=(1520, 80), size=(320, 300)),
-        NodeSpec(11, "SaveImage", {"filename_prefix": "tl_ball_attention_vs_mask"}, {"images": (9, 4)},
-                 pos=(1520, 420), size=(320, 300)),
-        NodeSpec(12, "PreviewAny", {}, {"source": (9, 5)}, pos=(1140, 740), size=(320, 100),
+        NodeSpec(13, "TL_TrainingOptions", {}, pos=(780, 460), size=(340, 560)),
+        NodeSpec(9, "TL_TrainKV", {"output_name": "tl_ball"},
+                 {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "dataset": (8, 0), "options": (13, 0)},
+                 pos=(1160, 80), size=(340, 330)),
+        NodeSpec(10, "SaveImage", {"filename_prefix": "tl_ball_loss_chart"}, {"images": (9, 6)},
+                 pos=(1540, 80), size=(420, 300), title="Loss chart"),
+        NodeSpec(11, "SaveImage", {"filename_prefix": "tl_ball_attention"}, {"images": (9, 4)},
+                 pos=(1540, 420), size=(420, 360), title="Photo | attention | mask"),
+        NodeSpec(12, "PreviewAny", {}, {"source": (9, 5)}, pos=(1160, 460), size=(340, 100),
                  title="Trigger text"),
+        _note(14, REAL_MODEL_NOTE + "\n" + TRAINING_NOTE, pos=(-360, 80), height=520),
     ]
 
 
@@ -265,7 +303,7 @@ def auto_masks() -> list[NodeSpec]:
     from it. The previews show the auto masks and the token's map next to its auto mask after training."""
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
-        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET, "resolution": TRAIN_RESOLUTION},
+        NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET},
                  pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_MasksFromWordAttention", {"words": AUTO_MASK_WORDS, "prompt": AUTO_MASK_PROMPT},
                  {"images": (2, 1), "model": (1, 0), "clip": (1, 1), "vae": (1, 2)},
@@ -278,6 +316,7 @@ def auto_masks() -> list[NodeSpec]:
         _trainer(6, 5, "tl_demo_auto_ball", pos=(1160, 80)),
         NodeSpec(7, "PreviewImage", {}, {"images": (6, 4)}, pos=(1540, 80), size=(320, 300),
                  title="Attention | auto mask"),
+        _note(8, REAL_MODEL_NOTE + "\n" + TRAINING_NOTE + AUTO_MASK_NOTE, pos=(-360, 80), height=420),
     ]
 
 

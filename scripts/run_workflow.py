@@ -30,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                         help="override an input of a node (repeatable); VALUE is JSON or a string")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before giving up")
+    parser.add_argument("--world-settings", action=argparse.BooleanOptionalAction, default=None,
+                        help="apply the shapes-world model's sizes, steps and learning rate (default: only "
+                             "when running on that model; the files keep the real-model defaults)")
     args = parser.parse_args(argv)
     try:
         result, files = run_workflow_file(args.workflow, args.out, args.checkpoint, args.input_dir,
-                                          args.overrides, args.timeout)
+                                          args.overrides, args.timeout, args.world_settings)
     except (WorkflowError, WorkflowFormatError, InputDirError) as err:
         for line in str(err).splitlines():  # one line per problem
             print(f"error: {line}", file=sys.stderr)

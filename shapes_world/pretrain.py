@@ -98,7 +98,7 @@ class Pretrainer:
     """The UNet of ComfyUI's loaded world model, its optimizer, its EMA copy and the data stream."""
 
     def __init__(self, unet_state: dict[str, torch.Tensor], seed: int, batch: int, lr: float, aux_weight: float):
-        from textloc.attention import AttentionRecorder, CaptureSpec
+        from textloc.attention.capture import AttentionRecorder, CaptureSpec
 
         self.patcher, self.clip, self.vae = load_components(unet_state)
         self.base = self.patcher.model
@@ -126,7 +126,7 @@ class Pretrainer:
             return self.base.process_latent_in(taesd.encode(images.permute(0, 3, 1, 2) * 2 - 1)).float()
 
     def train_step(self) -> dict[str, float]:
-        from textloc.losses import token_attention_map
+        from textloc.training.losses import token_attention_map
 
         data = make_batch(self.rng, self.batch, self.clip)
         x0 = self.latents(data["images"])

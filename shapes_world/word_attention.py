@@ -1,8 +1,8 @@
 """Where the world model's own words attend on world scenes: the check that pretraining worked.
 
 Each scene is noised at a few timesteps and denoised once with its caption; the colour and shape
-word of each object are captured through the pack's attention path (textloc.attention) and turned
-into maps with the training loss's formula (textloc.losses.token_attention_map). The share of a map's
+word of each object are captured through the pack's attention path (textloc.attention.capture) and turned
+into maps with the training loss's formula (textloc.training.losses.token_attention_map). The share of a map's
 mass inside its object's mask is the pack's localisation measure; chance is the object's area share.
 """
 
@@ -53,7 +53,7 @@ def word_slots(clip: Any, scene: Scene) -> list[tuple[int, int, str]]:
 
 def unet_with_recorder(diffusion_model: torch.nn.Module, recorder: Any) -> dict:
     """transformer_options that route every attn2 layer of a bare UNet through the recorder."""
-    from textloc.attention import attn2_layer_keys
+    from textloc.attention.capture import attn2_layer_keys
 
     return {"patches_replace": {"attn2": {key: recorder.patch(key) for key in attn2_layer_keys(diffusion_model)}}}
 
@@ -77,9 +77,9 @@ def encode_captions(clip: Any, captions: list[str]) -> torch.Tensor:
 def word_shares(model: Any, clip: Any, vae: Any, scenes: list[Scene], images: np.ndarray,
                 masks: list[list[np.ndarray]], seed: int = 1234) -> WordShares:
     """Shares of the scenes' colour and shape words inside their objects (model, clip, vae: ComfyUI's)."""
-    from textloc.attention import AttentionRecorder, CaptureSpec
-    from textloc.localization import attention_mass_inside
-    from textloc.losses import token_attention_map
+    from textloc.attention.capture import AttentionRecorder, CaptureSpec
+    from textloc.attention.localization import attention_mass_inside
+    from textloc.training.losses import token_attention_map
 
     base = model.model
     slots = [word_slots(clip, s) for s in scenes]

@@ -48,6 +48,7 @@ class TrainConfig:
     gradient_checkpointing: Checkpointing = "auto"
     attention_size: int = 0
     preview_every: int = 10
+    lora_rank: int = 0  # also write the K/V deltas as a standard LoRA of this rank; 0: none
 
     def resolved(self, num_concepts: int, with_prior: bool, resolution: int) -> TrainConfig:
         """Fill every "0 = auto" field with the authors' value for this many concepts."""
@@ -78,9 +79,45 @@ class TrainConfig:
         if self.gradient_checkpointing not in CHECKPOINTING_MODES:
             raise TLInputError("gradient_checkpointing", f"'{self.gradient_checkpointing}' is unknown.",
                                f"choose one of {', '.join(CHECKPOINTING_MODES)}.")
+        if self.lora_rank < 0:
+            raise TLInputError("lora_rank", f"{self.lora_rank} is not a rank.",
+                               "use 0 for no LoRA file, or a rank such as 16.")
         if self.precision not in PRECISIONS:
             raise TLInputError("precision", f"'{self.precision}' is unknown.",
                                f"choose one of {', '.join(PRECISIONS)}.")
+
+
+# How ComfyUI stores the training node's widgets. The node keeps the settings an artist changes; the
+# expert ones live on TL Training Options. Workflows saved with the first, all-on-one-node layout are
+# mapped over by position (web/js/train_node_layout.js in the editor, headless.workflow_migration for
+# the headless runner); API prompts with the old input names are read by the node itself.
+TRAIN_NODE_WIDGETS: tuple[str, ...] = ("guidance", "steps", "output_name", "resume")
+TRAINING_OPTIONS_WIDGETS: tuple[str, ...] = (
+    "attention_weight", "learning_rate", "batch_size", "prior_weight", "seed", "checkpoint_every", "precision",
+    "gradient_checkpointing", "train_token", "train_q", "prompt", "concept_phrase", "weight_decay", "grad_clip",
+    "preview_every", "attention_size", "lora_rank")
+LEGACY_TRAIN_NODE_WIDGETS: tuple[str, ...] = (
+    "guidance", "attention_weight", "steps", "learning_rate", "batch_size", "prior_weight", "seed",
+    "checkpoint_every", "output_name", "resume", "precision", "gradient_checkpointing", "train_token", "train_q",
+    "prompt", "concept_phrase", "weight_decay", "grad_clip", "preview_every", "attention_size")
+
+
+def legacy_settings(node_inputs: dict[str, object]) -> dict[str, object]:
+    """The expert settings an API prompt of the old layout gives the training node itself, typed as
+    TrainConfig's fields (those prompts name them as the node's own inputs)."""
+    defaults = TrainConfig()
+    settings: dict[str, object] = {}
+    for name in TRAINING_OPTIONS_WIDGETS:
+        if name not in node_inputs or isinstance(node_inputs[name], list):  # a list is a link: not a value
+            continue
+        default, value = getattr(defaults, name), node_inputs[name]
+        try:
+            settings[name] = (value if isinstance(default, str) else
+                              bool(value) if isinstance(default, bool) else type(default)(value))
+        except (TypeError, ValueError):
+            raise TLInputError(name, f"'{value}' from an older prompt is not a {type(default).__name__}.",
+                               "fix the value, or move the setting to a TL Training Options node.") from None
+    return settings
 
 
 def _expand(prompt: str, concept_phrase: str, concepts: Sequence[tuple[str, str]]) -> str:

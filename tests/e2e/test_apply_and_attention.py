@@ -17,9 +17,9 @@ from safetensors import safe_open
 from headless.server import ComfyServer, RunResult, WorkflowError
 from headless.tiny_model import TINY_CHECKPOINT_PATH
 from shapes_world.training_sets import TRAIN_SET
-from textloc.dataset import load_dataset
-from textloc.localization import attention_mass_inside
-from textloc.weights import build_metadata, save_embedding, save_kv_deltas
+from textloc.attention.localization import attention_mass_inside
+from textloc.data.dataset import load_dataset
+from textloc.weights.files import build_metadata, save_embedding, save_kv_deltas
 
 TRAIN_RESOLUTION = 64  # the example workflows' training size on the world model
 CHANGE_FLOOR = 0.1  # measured: before 0.254, after 0.605 (Show Token Attention's maps, training photos)

@@ -15,7 +15,7 @@ from PIL import Image
 from headless.server import ComfyServer, RunResult
 from headless.workflow import nodes_of_type
 from shapes_world.training_sets import TRAIN_SET
-from textloc.dataset import load_dataset
+from textloc.data.dataset import load_dataset
 
 TRAIN_RESOLUTION = 64  # the example workflows' training size on the world model
 RUN_NAME = "e2e_auto_masks"

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from headless.server import ComfyServer, RunResult, WorkflowError
 from headless.tiny_model import TINY_CHECKPOINT_PATH
-from textloc.weights import (
+from textloc.weights.files import (
     KIND_EMBEDDING,
     KIND_KV,
     META_KIND,
@@ -118,18 +118,32 @@ def _image_to_mask(image: list) -> dict:
     return {"class_type": "ImageToMask", "inputs": {"image": image, "channel": "red"}}
 
 
-def train_prompt(from_loader: bool = False, target: dict | None = None, **trainer: Any) -> dict:
-    """Checkpoint (tiny) + dataset (64 px) + Mask Target + trainer; every case fails before the first step."""
-    inputs = {
-        "model": ["10", 0], "clip": ["10", 1], "vae": ["10", 2], "dataset": ["1" if from_loader else "2", 0],
-        "guidance": "hard", "attention_weight": 1.0, "steps": 1, "learning_rate": 0.0, "batch_size": 0,
-        "prior_weight": 1.0, "seed": 42, "checkpoint_every": 0, "output_name": f"{PREFIX}run", "resume": False,
-        "precision": "auto", "gradient_checkpointing": "auto", "train_token": True, "train_q": False,
-        "prompt": "photo of {concepts}", "concept_phrase": "a {token} {class}", "weight_decay": 0.01,
-        "grad_clip": 1.0, "preview_every": 0, "attention_size": 0, **trainer}
+def train_prompt(from_loader: bool = False, target: dict | None = None, old_layout: dict | None = None,
+                 **settings: Any) -> dict:
+    """Checkpoint (tiny) + dataset (64 px) + Mask Target + trainer with TL Training Options; every case fails
+    before the first step. `old_layout`: inputs set on the training node itself, as older prompts did."""
+    train = {"model": ["10", 0], "clip": ["10", 1], "vae": ["10", 2], "dataset": ["1" if from_loader else "2", 0],
+             "guidance": "hard", "steps": 1, "output_name": f"{PREFIX}run", "resume": False, "options": ["4", 0]}
+    options = {
+        "attention_weight": 1.0, "learning_rate": 0.0, "batch_size": 0, "prior_weight": 1.0, "seed": 42,
+        "checkpoint_every": 0, "precision": "auto", "gradient_checkpointing": "auto", "train_token": True,
+        "train_q": False, "prompt": "photo of {concepts}", "concept_phrase": "a {token} {class}",
+        "weight_decay": 0.01, "grad_clip": 1.0, "preview_every": 0, "attention_size": 0, "lora_rank": 0}
+    for name, value in settings.items():
+        (train if name in train else options)[name] = value
+    train = {k: v for k, v in {**train, **(old_layout or {})}.items() if v is not None}  # None: input left out
     return {"10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
             "1": _loader(), "2": _target_inputs(["1", 0], **(target or {})),
-            "3": {"class_type": "TL_TrainKV", "inputs": inputs}}
+            "3": {"class_type": "TL_TrainKV", "inputs": train},
+            "4": {"class_type": "TL_TrainingOptions", "inputs": options}}
+
+
+def export_prompt(**export: Any) -> dict:
+    """The trainer's result into Export TL LoRA; only ComfyUI's validation cases, so nothing trains."""
+    prompt = train_prompt()
+    prompt["5"] = {"class_type": "TL_ExportLoRA", "inputs": {"tl_result": ["3", 2], "rank": 16, "file_name": "",
+                                                            **export}}
+    return prompt
 
 
 def apply_prompt(weights: str, **extra: Any) -> dict:
@@ -199,7 +213,8 @@ def _case(id: str, node: str, prompt: Callable[[], dict], *names: str, validatio
     return BadCase(id, node, prompt, names, validation)
 
 
-LOAD, TARGET, TRAIN = "TL_LoadMultiConceptDataset", "TL_MaskTarget", "TL_TrainKV"
+LOAD, TARGET, TRAIN, OPTIONS = "TL_LoadMultiConceptDataset", "TL_MaskTarget", "TL_TrainKV", "TL_TrainingOptions"
+EXPORT = "TL_ExportLoRA"
 APPLY, SHOW, EVAL, AUTO = "TL_ApplyWeights", "TL_ShowTokenAttention", "TL_EvaluateImages", "TL_MasksFromWordAttention"
 
 BAD_CASES: list[BadCase] = [
@@ -260,12 +275,18 @@ BAD_CASES: list[BadCase] = [
     # --- Train Textual Localization (K/V): all refused before the model is touched
     _case("train_token_spelled_by_prompt", TRAIN, lambda: train_prompt(target={"token": "photo"}), "token", "photo"),
     _case("train_token_inside_prompt_word", TRAIN, lambda: train_prompt(target={"token": "pho"}), "token", "pho"),
-    _case("train_prompt_without_concepts", TRAIN, lambda: train_prompt(prompt="photo of a ball"), "prompt",
+    _case("train_token_spelled_by_options_prompt", TRAIN,
+          lambda: train_prompt(target={"token": "picture"}, prompt="picture of {concepts}"), "token", "picture"),
+    _case("options_prompt_without_concepts", OPTIONS, lambda: train_prompt(prompt="photo of a ball"), "prompt",
           "{concepts}"),
-    _case("train_concept_phrase_without_token", TRAIN, lambda: train_prompt(concept_phrase="a {class}"),
+    _case("options_concept_phrase_without_token", OPTIONS, lambda: train_prompt(concept_phrase="a {class}"),
           "concept_phrase", "{token}"),
-    _case("train_concept_phrase_without_class", TRAIN, lambda: train_prompt(concept_phrase="a {token}"),
+    _case("options_concept_phrase_without_class", OPTIONS, lambda: train_prompt(concept_phrase="a {token}"),
           "concept_phrase", "{class}"),
+    _case("train_old_layout_inputs_beside_options", TRAIN,
+          lambda: train_prompt(old_layout={"learning_rate": 1e-3}), "options", "learning_rate"),
+    _case("train_old_layout_input_of_wrong_type", TRAIN,
+          lambda: train_prompt(old_layout={"batch_size": "two", "options": None}), "batch_size", "two"),
     _case("train_resume_unknown_run", TRAIN, lambda: train_prompt(output_name=f"{PREFIX}never_ran", resume=True),
           "output_name", f"{PREFIX}never_ran"),
     _case("train_output_name_parent", TRAIN, lambda: train_prompt(output_name="../x"), "output_name", "../x"),
@@ -273,10 +294,14 @@ BAD_CASES: list[BadCase] = [
     _case("train_dataset_without_mask_target", TRAIN, lambda: train_prompt(from_loader=True), "dataset",
           "Mask Target"),
     _case("train_guidance_not_in_list", TRAIN, lambda: train_prompt(guidance="medium"), "guidance", "medium"),
-    _case("train_learning_rate_negative", TRAIN, lambda: train_prompt(learning_rate=-1e-4), "learning_rate",
+    _case("options_learning_rate_negative", OPTIONS, lambda: train_prompt(learning_rate=-1e-4), "learning_rate",
           validation=True),
+    _case("options_lora_rank_negative", OPTIONS, lambda: train_prompt(lora_rank=-1), "lora_rank", validation=True),
     _case("train_steps_above_max", TRAIN, lambda: train_prompt(steps=200000), "steps", validation=True),
     _case("train_steps_negative", TRAIN, lambda: train_prompt(steps=-1), "steps", validation=True),
+    # --- Export TL LoRA
+    _case("export_rank_zero", EXPORT, lambda: export_prompt(rank=0), "rank", validation=True),
+    _case("export_rank_above_max", EXPORT, lambda: export_prompt(rank=100000), "rank", validation=True),
     # --- Apply TL Weights (files under models/loras/, made by the module fixture)
     _case("apply_weights_missing", APPLY, lambda: apply_prompt(f"{PREFIX}missing.safetensors"), "weights",
           f"{PREFIX}missing.safetensors"),

@@ -11,6 +11,7 @@ from PIL import Image
 
 from headless.server import ComfyServer, WorkflowError
 from headless.tiny_model import TINY_CHECKPOINT_PATH
+from shapes_world.training_sets import PHOTO_SIZE
 
 PACK_NODES = {
     "TL_LoadMultiConceptDataset": "Load Multi-Concept Dataset",
@@ -54,6 +55,7 @@ def test_stock_text_to_image_runs_on_the_tiny_checkpoint(comfy_server: ComfyServ
 
 def test_dataset_preview_workflow_loads_masks_aligned_with_photos(comfy_server: ComfyServer, workflow_prompt) -> None:
     prompt = workflow_prompt("tl_dataset_preview.json")
+    prompt["1"]["inputs"]["resolution"] = PHOTO_SIZE  # the photos at their own size, not the training size
     assert {n["class_type"] for n in prompt.values()} >= set(PACK_NODES)
     result = comfy_server.run(prompt, timeout=300)
     photos = _images(comfy_server, result, "4")
@@ -61,7 +63,7 @@ def test_dataset_preview_workflow_loads_masks_aligned_with_photos(comfy_server: 
     ball_overlays, box_overlays = _images(comfy_server, result, "7"), _images(comfy_server, result, "8")
     assert len(photos) == 5 and len(masks) == 10
     assert len(ball_overlays) == 5 and len(box_overlays) == 5
-    assert all(p.shape == (128, 128, 3) for p in photos + masks + ball_overlays)  # the world's photos
+    assert all(p.shape == (PHOTO_SIZE, PHOTO_SIZE, 3) for p in photos + masks + ball_overlays)
     for i, photo in enumerate(photos):
         ball, box = masks[i][..., 0] > 127, masks[5 + i][..., 0] > 127
         assert 0.005 < ball.mean() < 0.5 and 0.005 < box.mean() < 0.5

@@ -12,9 +12,9 @@ from safetensors import safe_open
 
 from headless.paths import WORKFLOWS_DIR
 from headless.server import ComfyServer, WorkflowError
-from headless.workflow import load_workflow, nodes_of_type
+from headless.workflow import load_workflow, nodes_of_type, set_training_inputs
 from shapes_world.model import CHECKPOINT_NAME  # the model the example workflows train
-from textloc.weights import latest_checkpoint, load_training_checkpoint
+from textloc.weights.files import latest_checkpoint, load_training_checkpoint
 
 STEPS = 6
 
@@ -46,7 +46,7 @@ def _picture(server: ComfyServer, result, node: str = "95") -> np.ndarray:
 def _train_prompt(workflow_prompt, name: str, **inputs) -> tuple[dict, str]:
     prompt = workflow_prompt("tl_train.json")
     (trainer,) = nodes_of_type(prompt, "TL_TrainKV")
-    prompt[trainer]["inputs"].update({"steps": STEPS, "checkpoint_every": 3, "output_name": name, **inputs})
+    set_training_inputs(prompt, trainer, **{"steps": STEPS, "checkpoint_every": 3, "output_name": name, **inputs})
     return prompt, trainer
 
 

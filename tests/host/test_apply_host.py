@@ -15,10 +15,10 @@ import torch
 
 from headless.comfy_boot import boot_comfy
 from headless.tiny_model import ensure_tiny_checkpoint
-from textloc import apply
 from textloc.errors import TLInputError
-from textloc.trained import TrainedWeights
-from textloc.weights import build_metadata, save_embedding, save_kv_deltas
+from textloc.weights import apply
+from textloc.weights.files import build_metadata, save_embedding, save_kv_deltas
+from textloc.weights.trained import TrainedWeights
 
 pytestmark = pytest.mark.host
 

@@ -17,8 +17,8 @@ from headless.paths import SAMPLE_DATA_DIR
 from shapes_world import model as world_model
 from shapes_world.scenes import scene_batch
 from shapes_world.training_sets import HELDOUT_SET
-from textloc.auto_masks import masks_from_word_attention
-from textloc.dataset import build_concept, load_dataset
+from textloc.data.auto_masks import masks_from_word_attention
+from textloc.data.dataset import build_concept, load_dataset
 
 pytestmark = pytest.mark.host
 

@@ -14,7 +14,7 @@ import torch
 
 from headless.comfy_boot import boot_comfy
 from headless.tiny_model import ensure_tiny_checkpoint, random_state
-from textloc import evaluation as ev
+from textloc.evaluation import scores as ev
 
 pytestmark = pytest.mark.host
 

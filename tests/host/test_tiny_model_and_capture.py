@@ -8,7 +8,13 @@ from safetensors import safe_open
 
 from headless.comfy_boot import boot_comfy
 from headless.tiny_model import ensure_tiny_checkpoint
-from textloc.attention import AttentionRecorder, CaptureSpec, attn2_layer_keys, first_rows, install_recorder
+from textloc.attention.capture import (
+    AttentionRecorder,
+    CaptureSpec,
+    attn2_layer_keys,
+    first_rows,
+    install_recorder,
+)
 from textloc.errors import TLInputError
 
 pytestmark = pytest.mark.host

@@ -10,10 +10,10 @@ import torch
 
 from headless.comfy_boot import boot_comfy
 from headless.tiny_model import ensure_tiny_checkpoint
-from textloc import token_attention as ta
-from textloc.apply import clip_with_tokens
+from textloc.attention import token_attention as ta
 from textloc.errors import TLInputError
-from textloc.weights import build_metadata, save_embedding
+from textloc.weights.apply import clip_with_tokens
+from textloc.weights.files import build_metadata, save_embedding
 
 pytestmark = pytest.mark.host
 

@@ -16,9 +16,9 @@ import torch
 
 from headless.comfy_boot import boot_comfy
 from headless.tiny_model import ensure_tiny_checkpoint
-from textloc import token_embedding as te
-from textloc import weights
 from textloc.errors import TLInputError
+from textloc.training import token_embedding as te
+from textloc.weights import files as weights
 
 pytestmark = pytest.mark.host
 

@@ -9,17 +9,18 @@ import comfy.model_patcher
 import comfy.sd
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 
 from headless.paths import SAMPLE_DATA_DIR
 from headless.tiny_model import ensure_tiny_checkpoint
 from textloc.config import TrainConfig
-from textloc.dataset import build_concept, load_dataset
+from textloc.data.dataset import build_concept, load_dataset
 from textloc.errors import TLInputError
-from textloc.kv_deltas import attach_deltas
-from textloc.run_files import plan_run
-from textloc.training import TrainingJob, TrainingStopped, train
-from textloc.weights import load_training_checkpoint, read_metadata
+from textloc.training.kv_deltas import attach_deltas
+from textloc.training.loop import TrainingJob, TrainingStopped, train
+from textloc.training.run_files import plan_run
+from textloc.weights.files import load_training_checkpoint, read_metadata
 
 RESOLUTION = 64
 
@@ -100,6 +101,13 @@ def test_token_position_follows_the_prompt_and_two_concepts_both_train(loaded, t
     for token in ("tl_ball", "tl_box"):
         vector = result.token_vectors[token]["clip_l"][0]
         assert (vector - init).abs().max() > 1e-4, f"{token} did not train"
+    # the pictures: a labelled row of three >= 256 px panels per concept, and the loss chart, both saved
+    _, height, width, _ = result.attention_preview.shape
+    assert height > 2 * 256 + 2 * 40 and 3 * 256 <= width < 3 * 256 + 60
+    assert result.loss_chart.shape == (1, 450, 800, 3)
+    sheet, chart = result.run.attention_dir / "attention_step000002.png", result.run.run_dir / "loss_chart.png"
+    assert {sheet, chart} <= set(result.files)
+    assert Image.open(sheet).size == (width, height) and Image.open(chart).size == (800, 450)
 
 
 def test_resume_after_a_cancel_continues_the_same_loss_curve(loaded, tmp_path: Path) -> None:
@@ -195,3 +203,22 @@ def test_train_token_off_keeps_the_start_word_and_still_trains_kv(loaded, tmp_pa
         clip.tokenize("sks")["l"][0][1][0]].float()
     assert torch.equal(result.token_vectors["tl_ball"]["clip_l"][0], init)
     assert all(d.abs().max() > 0 for d in result.kv_deltas.values())
+
+
+def test_lora_rank_also_writes_a_low_rank_lora_of_the_same_deltas(loaded, tmp_path: Path) -> None:
+    from textloc.weights.lora_export import export_path, lora_module_name
+
+    result = _train(loaded, tmp_path, _dataset([("tl_ball", "ball", 1)]), name="lora_run", lora_rank=4)
+    lora = export_path(tmp_path, "lora_run", 4)
+    assert lora in result.files and lora.is_file()
+    meta = read_metadata(lora)
+    assert meta["rank"] == "4" and meta["tokens"] == result.metadata["tokens"]
+    with safe_open(lora, "pt") as f:
+        keys = set(f.keys())
+        for key, delta in result.kv_deltas.items():
+            name = lora_module_name(key)
+            up, down = f.get_tensor(f"{name}.lora_up.weight").float(), f.get_tensor(f"{name}.lora_down.weight").float()
+            assert up.shape == (delta.shape[0], 4) and down.shape == (4, delta.shape[1])
+            error = (up @ down - delta.float()).norm() / delta.float().norm()
+            assert error < 1.0  # rank 4 keeps part of the delta; the unit tests check the SVD's exact error
+    assert len(keys) == 3 * len(result.kv_deltas)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from textloc import apply
 from textloc.errors import TLInputError
-from textloc.run_files import RunFiles
-from textloc.trained import TrainedWeights
-from textloc.weights import build_metadata, checkpoint_dir_name, save_embedding, save_kv_deltas
+from textloc.training.run_files import RunFiles
+from textloc.weights import apply
+from textloc.weights.files import build_metadata, checkpoint_dir_name, save_embedding, save_kv_deltas
+from textloc.weights.trained import TrainedWeights
 
 KEY_K = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 KEY_V = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from textloc.attention import (
+from textloc.attention.capture import (
     AttentionRecorder,
     CaptureSpec,
     attn2_layer_keys,

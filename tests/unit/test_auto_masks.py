@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textloc import auto_masks as am
-from textloc.dataset import MultiConceptDataset, build_concept
+from textloc.data import auto_masks as am
+from textloc.data.dataset import MultiConceptDataset, build_concept
 from textloc.errors import TLInputError
 
 SIZE = 32

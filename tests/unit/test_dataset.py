@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from tl_assertions import expect_user_error as _user_error
 
 from headless.sample_data import write_toy_pair
-from textloc.dataset import (
+from textloc.data.dataset import (
     Concept,
     MultiConceptDataset,
     build_concept,
@@ -24,7 +24,7 @@ from textloc.dataset import (
     validate_init_word,
     validate_token_name,
 )
-from textloc.images import read_mask
+from textloc.data.images import read_mask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = (96, 64)  # W, H of the test photos

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from textloc import evaluation as ev
 from textloc.errors import TLInputError
+from textloc.evaluation import scores as ev
 
 
 @pytest.mark.parametrize(("prompt", "expected"), [

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from textloc.data.images import SUPPORTED_EXTENSIONS, is_supported_image, read_image_rgb, read_mask
 from textloc.errors import TLInputError
-from textloc.images import SUPPORTED_EXTENSIONS, is_supported_image, read_image_rgb, read_mask
 
 
 def _png16(path: Path, pixels: np.ndarray) -> Path:
@@ -243,8 +243,8 @@ def test_missing_and_unsupported(tmp_path: Path) -> None:
 def test_an_image_batch_too_small_for_the_vae_is_refused_naming_the_input() -> None:
     import pytest
 
+    from textloc.data.images import MIN_IMAGE_SIDE, check_image_batch
     from textloc.errors import TLInputError
-    from textloc.images import MIN_IMAGE_SIDE, check_image_batch
 
     good = torch.zeros(2, MIN_IMAGE_SIDE, MIN_IMAGE_SIDE + 8, 3)
     assert check_image_batch(good, "fix") is good

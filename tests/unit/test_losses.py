@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from textloc.losses import (
+from textloc.training.losses import (
     attention_loss,
     concepts_attention_loss,
     default_resolutions,

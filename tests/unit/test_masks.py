@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from kornia.color import rgb_to_hsv
 
+from textloc.data.masks import binarize, check_mask_coverage, contrast_tint, disk, feather, grow, overlay
 from textloc.errors import TLInputError
-from textloc.masks import binarize, check_mask_coverage, disk, feather, grow, overlay
 
 
 def _square(size: int = 64, start: int = 20, side: int = 24) -> torch.Tensor:
@@ -104,16 +105,65 @@ def test_coverage_names_empty_and_full_masks() -> None:
     assert str(error.value).endswith("Fix: use a smaller shrink.")
 
 
-def test_overlay_tints_inside_and_outlines() -> None:
+def test_overlay_with_a_given_colour_tints_inside_and_draws_a_two_tone_outline() -> None:
     images = torch.full((2, 32, 32, 3), 0.5)
     mask = torch.zeros(2, 32, 32)
     mask[:, 8:24, 8:24] = 1.0
     out = overlay(images, mask, color=(1.0, 0.0, 0.0), alpha=0.5)
     assert out.shape == images.shape
     assert torch.equal(out[:, 0, 0], images[:, 0, 0])  # far outside untouched
-    assert torch.allclose(out[0, 16, 16], torch.tensor([0.75, 0.25, 0.25]))  # tinted
-    assert out[0, 8, 16].tolist() == [1.0, 0.0, 0.0]  # outline at the edge
+    red, green, blue = out[0, 16, 16].tolist()
+    assert red > 0.6 and green < 0.3 and blue < 0.3  # tinted red, shading kept
+    inner, outer = out[0, 8, 16], out[0, 7, 16]  # just inside and just outside the edge
+    assert sorted([inner.tolist(), outer.tolist()]) == [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
     assert torch.equal(images, torch.full((2, 32, 32, 3), 0.5))  # input not modified
+
+
+def _object_on_floor(colour: tuple[float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 32 px photo: a square object of `colour` on a dull floor, and its mask."""
+    image = torch.full((1, 32, 32, 3), 0.4)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 8:24, 8:24] = 1.0
+    image[0, 8:24, 8:24] = torch.tensor(colour)
+    return image, mask
+
+
+def _hue_degrees(rgb: torch.Tensor) -> float:
+    return math.degrees(float(rgb_to_hsv(rgb.view(1, 3, 1, 1))[0, 0, 0, 0]))
+
+
+OBJECTS = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.75, 0.2), "white": (0.97, 0.97, 0.97), "grey": (0.5, 0.5, 0.5)}
+
+
+@pytest.mark.parametrize("name", OBJECTS)
+def test_default_tint_contrasts_with_the_object_under_the_mask(name: str) -> None:
+    colour = torch.tensor(OBJECTS[name])
+    image, mask = _object_on_floor(OBJECTS[name])
+    tint = contrast_tint(image, mask)[0]
+    assert float((tint - colour).norm()) > 0.5, f"{name}: tint {tint.tolist()} too close to the object"
+    if name in ("red", "green"):
+        gap = abs(_hue_degrees(tint) - _hue_degrees(colour)) % 360
+        assert min(gap, 360 - gap) > 90, f"{name}: hue only {gap:.0f} degrees away"
+    out = overlay(image, mask)
+    assert float((out[0, 16, 16] - colour).norm()) > 0.3  # the tinted object no longer looks like itself
+    inner = out[0, 8, 16]
+    assert float((inner - colour).norm()) > 0.5 and float((inner - out[0, 16, 16]).norm()) > 0.5  # outline reads
+    assert torch.equal(out[0, 0, 0], image[0, 0, 0])
+
+
+def test_a_given_colour_equal_to_the_object_still_gets_a_contrasting_outline() -> None:
+    image, mask = _object_on_floor((1.0, 0.2, 0.2))
+    out = overlay(image, mask, color=(1.0, 0.2, 0.2), alpha=0.45)
+    inner, outer = out[0, 8, 16], out[0, 7, 16]
+    assert float((inner - torch.tensor([1.0, 0.2, 0.2])).norm()) > 0.5
+    assert float((inner - outer).norm()) > 1.7  # black next to white: one of them stands out on any floor
+
+
+def test_contrast_tint_of_an_empty_mask_uses_the_whole_image() -> None:
+    image = torch.zeros(1, 8, 8, 3)
+    image[..., 0] = 1.0  # all red
+    tint = contrast_tint(image, torch.zeros(1, 8, 8))[0]
+    assert tint[0] < 0.2 and tint[1] > 0.9 and tint[2] > 0.9  # cyan
 
 
 def test_overlay_shape_mismatch() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textloc import token_attention as ta
-from textloc.attention import AttentionRecord
+from textloc.attention import token_attention as ta
+from textloc.attention.capture import AttentionRecord
 from textloc.errors import TLInputError
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from textloc import token_embedding as te
 from textloc.errors import TLInputError
+from textloc.training import token_embedding as te
 
 BOS, EOS = 49406, 49407
 

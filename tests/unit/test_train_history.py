@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from textloc import train_history
+from textloc.training import history as train_history
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_returned_entries_are_copies(web_routes) -> None:
 
 
 def test_the_console_progress_line_says_step_losses_and_time_left() -> None:
-    from textloc.training import StepLosses, progress_line
+    from textloc.training.loop import StepLosses, progress_line
 
     line = progress_line("tl_ball", StepLosses(step=40, total=0.12345, denoise=0.1, prior=0.02, attention=0.003),
                          400, 125.4)

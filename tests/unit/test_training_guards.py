@@ -15,10 +15,10 @@ import torch
 from tl_assertions import expect_user_error as _user_error
 
 from textloc.config import TrainConfig, check_token_clashes, instance_prompt
-from textloc.dataset import Concept, MultiConceptDataset
-from textloc.run_files import RunFiles, plan_run
-from textloc.training import TrainingJob, TrainingStopped, stop_if_not_finite, train
-from textloc.weights import STATE_FILE, checkpoint_dir_name
+from textloc.data.dataset import Concept, MultiConceptDataset
+from textloc.training.loop import TrainingJob, TrainingStopped, stop_if_not_finite, train
+from textloc.training.run_files import RunFiles, plan_run
+from textloc.weights.files import STATE_FILE, checkpoint_dir_name
 
 RES = 8
 

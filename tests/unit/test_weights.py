@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -12,8 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import textloc
-from textloc import weights
 from textloc.errors import TLInputError
+from textloc.training.run_files import RunFiles, plan_run
+from textloc.weights import files as weights
 
 KEY_K = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 KEY_V = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"
@@ -158,6 +160,19 @@ def test_atomic_path_discards_a_half_written_file(tmp_path: Path) -> None:
 def test_successful_write_leaves_only_the_file(tmp_path: Path) -> None:
     weights.save_embedding(tmp_path / "e.safetensors", {"clip_l": torch.zeros(1, 8)}, {})
     assert _files(tmp_path) == ["e.safetensors"]
+
+
+def test_writing_a_file_again_removes_its_killed_writes_and_nothing_else(tmp_path: Path) -> None:
+    """A SIGKILL skips `_atomic_path`'s clean-up: its half-written temporary must not stay forever."""
+    killed = tmp_path / ".kv.safetensors.0123abcd.tmp"
+    killed.write_bytes(b"half a file")
+    others = [".other.safetensors.0123abcd.tmp", ".kv.safetensors.notes.tmp", "kv.safetensors.0123abcd.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"not ours")
+    weights.save_kv_deltas(tmp_path / "kv.safetensors", _deltas(), {})
+    assert _files(tmp_path) == sorted(["kv.safetensors", *others])
+    weights.atomic_write_text(tmp_path / "notes.txt", "x")  # another file's write touches none of them
+    assert _files(tmp_path) == sorted(["kv.safetensors", "notes.txt", *others])
 
 
 # ---------------------------------------------------------------------------------------------- bad files
@@ -382,6 +397,58 @@ def test_latest_checkpoint_ignores_unfinished_folders(tmp_path: Path) -> None:
     (tmp_path / "checkpoint-000040").mkdir()  # no trainer state: incomplete
     (tmp_path / "notes.txt").write_text("x")
     assert weights.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-000020"
+
+
+def _killed_between_the_renames(folder: Path, new_is_complete: bool) -> tuple[_Run, torch.Tensor, torch.Tensor]:
+    """What a kill while re-saving step 5 leaves: the old folder moved aside, the new one not yet in place."""
+    run = _Run()
+    run.step()
+    run.save(folder, 5)
+    old_k = run.k.detach().clone()
+    run.step()
+    new_folder = run.save(folder / "elsewhere", 5)
+    new_k = run.k.detach().clone()
+    os.replace(folder / "checkpoint-000005", folder / "checkpoint-000005.old.tmp")
+    os.replace(new_folder, folder / "checkpoint-000005.tmp")
+    (folder / "elsewhere").rmdir()
+    if not new_is_complete:
+        (folder / "checkpoint-000005.tmp" / weights.STATE_FILE).unlink()
+    return run, old_k, new_k
+
+
+@pytest.mark.parametrize("new_is_complete", [True, False])
+def test_a_kill_between_the_renames_of_a_resaved_step_is_repaired(tmp_path: Path, new_is_complete: bool) -> None:
+    _, old_k, new_k = _killed_between_the_renames(tmp_path, new_is_complete)
+    assert weights.latest_checkpoint(tmp_path) is None  # neither folder under the step's name
+    weights.repair_checkpoints(tmp_path)
+    assert _files(tmp_path) == ["checkpoint-000005"]
+    kept = weights.load_training_checkpoint(tmp_path / "checkpoint-000005").kv_deltas[KEY_K]
+    assert torch.equal(kept, new_k if new_is_complete else old_k)
+
+
+def test_saving_a_checkpoint_removes_the_unfinished_folders_of_a_killed_save(tmp_path: Path) -> None:
+    run = _Run()
+    run.step()
+    run.save(tmp_path, 2)
+    (tmp_path / "checkpoint-000004.tmp" / "embeddings").mkdir(parents=True)  # killed mid-save
+    (tmp_path / "checkpoint-000004.tmp" / ".trainer_state.safetensors.0123abcd.tmp").write_bytes(b"half")
+    run.save(tmp_path, 6)
+    assert _files(tmp_path) == ["checkpoint-000002", "checkpoint-000006"]
+
+
+def test_resume_repairs_its_own_run_only(tmp_path: Path) -> None:
+    """plan_run(resume=True) picks the last complete checkpoint after cleaning up its run's killed save."""
+    folders = {}
+    for name in ("killed", "other"):
+        folders[name] = RunFiles(name, tmp_path).checkpoints_dir
+        folders[name].mkdir(parents=True)
+        _killed_between_the_renames(folders[name], new_is_complete=False)
+        (folders[name] / "checkpoint-000009.tmp").mkdir()  # killed before its trainer state
+    run, checkpoint = plan_run(tmp_path, "killed", resume=True)
+    assert run.name == "killed" and checkpoint == folders["killed"] / "checkpoint-000005"
+    assert _files(folders["killed"]) == ["checkpoint-000005"]
+    assert _files(folders["other"]) == ["checkpoint-000005.old.tmp", "checkpoint-000005.tmp",
+                                        "checkpoint-000009.tmp"]
 
 
 def test_restore_optimizer_refuses_other_parameters(tmp_path: Path) -> None:

@@ -222,3 +222,28 @@ def test_a_folder_without_sets_says_what_it_expects(tmp_path: Path) -> None:
     assert "resized/*.png" in str(err.value) and "*_mask_1.png" in str(err.value)
     with pytest.raises(InputDirError, match="is not a folder"):
         input_sets(tmp_path / "missing")
+
+
+# The training node and its options, as /object_info describes them (only what the checks read).
+TRAIN_INFO: dict[str, Any] = {
+    "TL_TrainKV": {"input": {"required": {"guidance": [["hard", "soft", "none"], {}], "steps": ["INT", {"default": 0}],
+                                          "output_name": ["STRING", {}], "resume": ["BOOLEAN", {}]},
+                             "optional": {"options": ["TL_TRAIN_OPTIONS", {}]}}},
+    "TL_TrainingOptions": {"input": {"required": {"learning_rate": ["FLOAT", {"default": 0.0}],
+                                                  "seed": ["INT", {"default": 42}]}}},
+}
+
+
+def test_an_expert_setting_on_the_training_node_goes_to_its_options() -> None:
+    """Command lines written for the first layout (`--set 9.learning_rate=...`) keep working."""
+    prompt = {"9": {"class_type": "TL_TrainKV", "inputs": {"guidance": "hard", "steps": 0, "output_name": "x",
+                                                          "resume": False}}}
+    assert check_overrides(prompt, ["9.learning_rate=0.001"], TRAIN_INFO) == []
+    assert "has no input 'lerning_rate'" in check_overrides(prompt, ["9.lerning_rate=1"], TRAIN_INFO)[0]
+    apply_overrides(prompt, ["9.learning_rate=0.001", "9.steps=50"], TRAIN_INFO)
+    options_id = prompt["9"]["inputs"]["options"][0]
+    assert prompt[options_id]["class_type"] == "TL_TrainingOptions"
+    assert prompt[options_id]["inputs"] == {"learning_rate": 0.001, "seed": 42}  # the rest at the defaults
+    assert prompt["9"]["inputs"]["steps"] == 50
+    apply_overrides(prompt, ["9.seed=7"], TRAIN_INFO)  # the linked node is reused
+    assert len(prompt) == 2 and prompt[options_id]["inputs"]["seed"] == 7

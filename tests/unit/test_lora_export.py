@@ -1,0 +1,125 @@
+"""LoRA export of the K/V deltas: exact at full rank, the SVD's error by rank, kohya key names, the files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tl_assertions import expect_user_error
+
+from textloc.weights import apply, lora_export
+from textloc.weights import files as weights
+from textloc.weights.trained import TrainedWeights
+
+KEY_K = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+KEY_V = "diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_v.weight"
+SDXL_KEY = "diffusion_model.output_blocks.2.1.transformer_blocks.9.attn2.to_v.weight"
+
+
+def _spectrum_matrix(out: int, inp: int, singular: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """out x inp matrix with the given singular values (random orthonormal bases)."""
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(out, len(singular), generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(inp, len(singular), generator=gen, dtype=torch.float64))
+    return (u * singular.double()) @ v.T
+
+
+def _trained(deltas: dict[str, torch.Tensor]) -> TrainedWeights:
+    vectors = {"tl_ball": {"clip_l": torch.linspace(-1, 1, 768).reshape(1, 768)}}
+    meta = weights.build_metadata(tokens=["tl_ball"], steps=10, base_model_family="SD15", base_hash="abc")
+    return TrainedWeights(kv_deltas=deltas, token_vectors=vectors, metadata=meta)
+
+
+def test_full_rank_gives_the_delta_back_and_a_larger_rank_is_capped() -> None:
+    delta = torch.randn(40, 24, generator=torch.Generator().manual_seed(1)) * 0.05
+    for rank in (24, 100):
+        up, down = lora_export.low_rank_factors(delta, rank)
+        assert up.shape == (40, 24) and down.shape == (24, 24)
+        assert torch.allclose(up @ down, delta, atol=1e-6)
+    tensors, errors = lora_export.kv_lora_tensors({KEY_K: delta.half()}, 768)
+    assert errors[KEY_K] < 2e-3  # only fp16 rounding of the factors remains
+    name = lora_export.lora_module_name(KEY_K)
+    rebuilt = tensors[name + ".lora_up.weight"].float() @ tensors[name + ".lora_down.weight"].float()
+    scale = float(tensors[name + ".alpha"]) / tensors[name + ".lora_down.weight"].shape[0]
+    assert scale == 1.0  # the loaders' alpha / rank
+    assert torch.allclose(rebuilt * scale, delta.half().float(), atol=2e-4)
+
+
+def test_error_falls_with_rank_as_the_discarded_singular_values_say() -> None:
+    singular = 0.5 ** torch.arange(16, dtype=torch.float64)
+    delta = _spectrum_matrix(64, 48, singular).float()
+    previous = math.inf
+    for rank in (1, 2, 4, 8, 16):
+        up, down = lora_export.low_rank_factors(delta, rank)
+        error = lora_export.relative_error(delta, up, down)
+        expected = float(singular[rank:].norm() / singular.norm())
+        assert error == pytest.approx(expected, abs=1e-5)
+        assert error < previous
+        previous = error
+    _, errors = lora_export.kv_lora_tensors({KEY_K: delta}, 2)
+    assert errors[KEY_K] == pytest.approx(float(singular[2:].norm() / singular.norm()), abs=1e-3)
+
+
+def test_keys_follow_the_kohya_format_for_sd15_and_sdxl_names() -> None:
+    assert lora_export.lora_module_name(KEY_K) == "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k"
+    assert lora_export.lora_module_name(SDXL_KEY) == "lora_unet_output_blocks_2_1_transformer_blocks_9_attn2_to_v"
+    gen = torch.Generator().manual_seed(2)
+    deltas = {KEY_K: torch.randn(320, 768, generator=gen), KEY_V: torch.randn(1280, 768, generator=gen)}
+    tensors, errors = lora_export.kv_lora_tensors(deltas, 8)
+    names = [lora_export.lora_module_name(k) for k in deltas]
+    assert set(tensors) == {n + s for n in names for s in (".lora_up.weight", ".lora_down.weight", ".alpha")}
+    assert set(errors) == set(deltas)
+    assert tensors[names[1] + ".lora_up.weight"].shape == (1280, 8)
+    assert tensors[names[1] + ".lora_down.weight"].shape == (8, 768)
+    assert float(tensors[names[1] + ".alpha"]) == 8.0 and tensors[names[1] + ".alpha"].ndim == 0
+    assert {t.dtype for t in tensors.values()} == {torch.float16}
+    with pytest.raises(ValueError, match="diffusion_model"):
+        lora_export.lora_module_name("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")
+
+
+@pytest.mark.parametrize("rank", [0, -3, 2.5, True])
+def test_a_rank_below_one_is_refused_by_name(rank) -> None:
+    expect_user_error(lambda: lora_export.kv_lora_tensors({KEY_K: torch.ones(4, 4)}, rank), "rank")
+    expect_user_error(lambda: lora_export.low_rank_factors(torch.ones(4, 4), rank), "rank")
+
+
+def test_empty_or_non_finite_deltas_are_refused(tmp_path: Path) -> None:
+    expect_user_error(lambda: lora_export.kv_lora_tensors({}, 4), "tl_result", "no K/V deltas")
+    bad = torch.ones(8, 8)
+    bad[2, 3] = float("nan")
+    path = tmp_path / "bad.safetensors"
+    expect_user_error(lambda: lora_export.save_kv_lora(path, _trained({KEY_K: bad}), 4), "tl_result", KEY_K)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_writes_the_lora_its_metadata_and_the_token_beside_it(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(3)
+    deltas = {KEY_K: torch.randn(320, 768, generator=gen).half(), KEY_V: torch.randn(1280, 768, generator=gen).half()}
+    trained = _trained(deltas)
+    path = tmp_path / lora_export.lora_file_name("tl_run", 4)
+    written = lora_export.save_kv_lora(path, trained, 4)
+    embedding = tmp_path / "tl_run_lora_r4_embeddings" / "tl_ball.safetensors"
+    assert written == [path, embedding]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tl_run_lora_r4.safetensors", "tl_run_lora_r4_embeddings"]
+    tensors = load_file(str(path))
+    expected, errors = lora_export.kv_lora_tensors(deltas, 4)
+    assert set(tensors) == set(expected) and all(torch.equal(tensors[k], expected[k]) for k in tensors)
+    meta = weights.read_metadata(path)
+    assert meta["kind"] == "kv_lora" and meta["rank"] == "4" and meta["base_hash"] == "abc"
+    assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "4"
+    recorded = json.loads(meta["relative_errors"])
+    assert recorded == {lora_export.lora_module_name(k): pytest.approx(v, abs=1e-6) for k, v in errors.items()}
+    assert 0.5 < float(meta["relative_error_mean"]) <= float(meta["relative_error_max"]) < 1.0
+    assert json.loads(meta["embeddings"]) == {"tl_ball": "tl_run_lora_r4_embeddings/tl_ball.safetensors"}
+    vectors, emb_meta = weights.load_embedding(embedding)
+    assert torch.equal(vectors["clip_l"], trained.token_vectors["tl_ball"]["clip_l"])
+    assert emb_meta["token"] == "tl_ball" and emb_meta["kind"] == "embedding"
+    assert not apply.is_weights_file(path)  # a LoRA is not offered as a K/V file by Apply TL Weights
+    # Exporting again replaces the files in place, leaving no temporary file behind.
+    lora_export.save_kv_lora(path, trained, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tl_run_lora_r4.safetensors", "tl_run_lora_r4_embeddings"]
+    assert [p.name for p in embedding.parent.iterdir()] == ["tl_ball.safetensors"]

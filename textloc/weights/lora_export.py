@@ -1,0 +1,186 @@
+"""The trained K/V deltas as a standard low-rank LoRA file, so any LoRA loader can use a result.
+
+Each delta W (out x in) is factored by its SVD, W = U S V^T, and cut to `rank` r:
+up = U[:, :r] sqrt(S[:r]) and down = sqrt(S[:r]) V[:r]^T (the singular values split evenly, so
+neither factor leaves fp16's range), alpha = r so that the loader's scale alpha / r is 1. A rank at
+or above min(out, in) keeps a layer exact (up to fp16 rounding); the cut is the best rank-r
+approximation in the Frobenius norm (Eckart-Young), and its relative error is recorded per layer.
+
+Keys follow the kohya format with the model's own module names:
+`lora_unet_<module path, dots as underscores>.lora_down.weight / .lora_up.weight / .alpha`, e.g.
+`lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k.lora_down.weight`. ComfyUI maps these
+names for SD1.x, SD2.x and SDXL alike, A1111/Forge find them (their "lora_unet" -> "diffusion_model"
+rule), diffusers converts them (its SGM block mapping), and kohya's SDXL LoRAs use the same names.
+Tensors are stored in fp16, as nearly every shared LoRA is.
+
+The token embedding is not bundled into the LoRA ("bundle_emb.<token>.string_to_param.*", which
+A1111 reads) because ComfyUI's LoRA loaders report such keys as "lora key not loaded". It is written
+beside the LoRA instead, in `<lora name>_embeddings/<token>.safetensors` (the embedding format of
+ComfyUI and A1111), so a shared LoRA travels with its token and `embedding:<token>` keeps its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import TLInputError
+from ..training.run_files import PACK_FOLDER, RUN_NAME
+from .files import (
+    META_KIND,
+    MODEL_PREFIX,
+    NOT_FINITE_FIX,
+    WEIGHT_SUFFIX,
+    _save_tensors,
+    build_metadata,
+    save_embedding,
+)
+from .trained import TrainedWeights
+
+LORA_PREFIX = "lora_unet_"
+DOWN_SUFFIX = ".lora_down.weight"
+UP_SUFFIX = ".lora_up.weight"
+ALPHA_SUFFIX = ".alpha"
+LORA_DTYPE = torch.float16
+KIND_KV_LORA = "kv_lora"
+EMBEDDINGS_SUFFIX = "_embeddings"
+# Every SD1.x K/V layer is exact at 768 (its text width); SDXL's 1280 x 2048 layers would need 1280, where
+# the full K/V file (smaller than a LoRA of that rank) is the exact form.
+MAX_RANK = 768
+
+Factors = tuple[torch.Tensor, torch.Tensor]
+
+
+def lora_module_name(model_key: str) -> str:
+    """`diffusion_model.X.Y.weight` -> `lora_unet_X_Y` (the kohya name of the module ComfyUI maps back)."""
+    if not model_key.startswith(MODEL_PREFIX) or not model_key.endswith(WEIGHT_SUFFIX):
+        raise ValueError(f"expected a model key like 'diffusion_model.<module>.weight', got '{model_key}'")
+    return LORA_PREFIX + model_key[len(MODEL_PREFIX): -len(WEIGHT_SUFFIX)].replace(".", "_")
+
+
+def check_rank(rank: int) -> int:
+    """A LoRA needs at least one rank; say so by the input's name instead of failing inside the SVD."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise TLInputError("rank", f"{rank!r} is not a usable LoRA rank; it must be a whole number of 1 or more.",
+                           "set rank to 1 or more (16 is the usual size; a rank at or above a layer's "
+                           "smaller side keeps that layer exact).")
+    return rank
+
+
+def low_rank_factors(delta: torch.Tensor, rank: int) -> Factors:
+    """(up [out, r], down [r, in]) in fp32 with up @ down the best rank-r approximation of `delta`.
+
+    r = min(rank, out, in): a rank at or above the matrix's smaller side gives the matrix back.
+    The SVD runs in fp32 on the delta's own device (a GPU when the weights live there).
+    """
+    check_rank(rank)
+    if delta.ndim != 2:
+        raise ValueError(f"a K/V delta must be a matrix, got shape {tuple(delta.shape)}")
+    matrix = delta.detach().to(torch.float32)
+    kept = min(rank, *matrix.shape)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    root = s[:kept].sqrt()
+    return u[:, :kept] * root, root[:, None] * vh[:kept]
+
+
+def relative_error(delta: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> float:
+    """||delta - up @ down||_F / ||delta||_F in fp32 (0 for a zero delta, which the factors reproduce)."""
+    target = delta.detach().to(torch.float32)
+    norm = torch.linalg.matrix_norm(target)
+    if float(norm) == 0.0:
+        return 0.0
+    approx = up.to(target.device, torch.float32) @ down.to(target.device, torch.float32)
+    return float(torch.linalg.matrix_norm(target - approx) / norm)
+
+
+def kv_lora_tensors(
+    kv_deltas: Mapping[str, torch.Tensor], rank: int, dtype: torch.dtype = LORA_DTYPE
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """(LoRA file tensors, relative Frobenius error per model key) for K/V deltas keyed by model key.
+
+    The errors are those of the factors as stored (in `dtype`), i.e. of what a loader applies.
+    """
+    check_rank(rank)
+    if not kv_deltas:
+        raise TLInputError("tl_result", "holds no K/V deltas to export.",
+                           "connect the trainer's tl_result (or train with the K/V layers on).")
+    tensors: dict[str, torch.Tensor] = {}
+    errors: dict[str, float] = {}
+    for model_key, delta in kv_deltas.items():
+        name = lora_module_name(model_key)
+        if not bool(torch.isfinite(delta).all()):
+            raise TLInputError("tl_result", f"the K/V delta '{model_key}' holds NaN or infinite values "
+                               "(weights like these make every image black).", NOT_FINITE_FIX)
+        up, down = (f.to(dtype) for f in low_rank_factors(delta, rank))
+        tensors[name + UP_SUFFIX] = up.cpu()
+        tensors[name + DOWN_SUFFIX] = down.cpu()
+        tensors[name + ALPHA_SUFFIX] = torch.tensor(float(down.shape[0]), dtype=dtype)
+        errors[model_key] = relative_error(delta, up, down)
+    return tensors, errors
+
+
+def lora_file_name(base_name: str, rank: int) -> str:
+    """`<base>_lora_r<rank>.safetensors`: the rank in the name, so exports of one run sit side by side."""
+    return f"{base_name}_lora_r{check_rank(rank)}.safetensors"
+
+
+def export_base_name(weights: TrainedWeights, file_name: str = "") -> str:
+    """The name an export starts with: `file_name` if given, else the run's (its K/V file's) name."""
+    name = file_name.strip()
+    if not name:
+        name = weights.kv_path.stem if weights.kv_path is not None else "_".join(weights.tokens) or "tl"
+    if not RUN_NAME.match(name):
+        raise TLInputError("file_name", f"'{name}' is not a usable file name.",
+                           "use letters, digits, '_', '-' or '.', e.g. tl_ball_run (or leave it empty for the "
+                           "run's name).")
+    return name
+
+
+def export_path(output_dir: Path, base_name: str, rank: int) -> Path:
+    """`output/loras/textual_localization/<base>_lora_r<rank>.safetensors`, beside the full K/V files."""
+    return Path(output_dir) / "loras" / PACK_FOLDER / lora_file_name(base_name, rank)
+
+
+def embeddings_folder(lora_path: Path) -> Path:
+    """Where the tokens of a LoRA file go: `<lora name>_embeddings/` beside it."""
+    lora_path = Path(lora_path)
+    return lora_path.with_name(lora_path.stem + EMBEDDINGS_SUFFIX)
+
+
+def save_kv_lora(path: Path, weights: TrainedWeights, rank: int) -> list[Path]:
+    """Write `weights` as a LoRA at `path` and each token beside it; return the files written (LoRA first).
+
+    Every file is written atomically; an existing export of the same name is replaced. The LoRA's
+    metadata carries the run's metadata plus the rank and the per-layer relative error.
+    """
+    path = Path(path)
+    tensors, errors = kv_lora_tensors(weights.kv_deltas, rank)
+    folder = embeddings_folder(path)
+    token_files = {token: folder / f"{token}.safetensors" for token in weights.token_vectors}
+    run_meta = {k: v for k, v in weights.metadata.items() if k != META_KIND}
+    values = list(errors.values())
+    kept = max(int(t.shape[0]) for key, t in tensors.items() if key.endswith(DOWN_SUFFIX))
+    lora_meta = {
+        **run_meta,
+        **build_metadata(
+            rank=rank,
+            largest_rank_kept=kept,
+            lora_key_format="kohya lora_unet_<module path with _>, lora_down/lora_up/alpha, alpha = rank",
+            lora_dtype=str(LORA_DTYPE).removeprefix("torch."),
+            relative_errors={lora_module_name(k): round(v, 6) for k, v in errors.items()},
+            relative_error_mean=round(sum(values) / len(values), 6),
+            relative_error_max=round(max(values), 6),
+            embeddings={token: f"{folder.name}/{file.name}" for token, file in token_files.items()},
+        ),
+        # What kohya's own tools and the A1111/Forge info panels read to show a LoRA's size.
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(kept),
+        "ss_network_alpha": str(kept),
+        META_KIND: KIND_KV_LORA,
+    }
+    for token, file in token_files.items():
+        save_embedding(file, weights.token_vectors[token], {**run_meta, "token": token})
+    _save_tensors(path, tensors, lora_meta)
+    return [path, *token_files.values()]
