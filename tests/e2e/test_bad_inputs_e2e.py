@@ -138,14 +138,6 @@ def train_prompt(from_loader: bool = False, target: dict | None = None, old_layo
             "4": {"class_type": "TL_TrainingOptions", "inputs": options}}
 
 
-def export_prompt(**export: Any) -> dict:
-    """The trainer's result into Export TL LoRA; only ComfyUI's validation cases, so nothing trains."""
-    prompt = train_prompt()
-    prompt["5"] = {"class_type": "TL_ExportLoRA", "inputs": {"tl_result": ["3", 2], "rank": 16, "file_name": "",
-                                                            **export}}
-    return prompt
-
-
 def apply_prompt(weights: str, **extra: Any) -> dict:
     """Checkpoint (tiny) -> Apply TL Weights -> PreviewAny of its trigger text."""
     return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
@@ -214,7 +206,6 @@ def _case(id: str, node: str, prompt: Callable[[], dict], *names: str, validatio
 
 
 LOAD, TARGET, TRAIN, OPTIONS = "TL_LoadMultiConceptDataset", "TL_MaskTarget", "TL_TrainKV", "TL_TrainingOptions"
-EXPORT = "TL_ExportLoRA"
 APPLY, SHOW, EVAL, AUTO = "TL_ApplyWeights", "TL_ShowTokenAttention", "TL_EvaluateImages", "TL_MasksFromWordAttention"
 
 BAD_CASES: list[BadCase] = [
@@ -299,9 +290,6 @@ BAD_CASES: list[BadCase] = [
     _case("options_lora_rank_negative", OPTIONS, lambda: train_prompt(lora_rank=-1), "lora_rank", validation=True),
     _case("train_steps_above_max", TRAIN, lambda: train_prompt(steps=200000), "steps", validation=True),
     _case("train_steps_negative", TRAIN, lambda: train_prompt(steps=-1), "steps", validation=True),
-    # --- Export TL LoRA
-    _case("export_rank_zero", EXPORT, lambda: export_prompt(rank=0), "rank", validation=True),
-    _case("export_rank_above_max", EXPORT, lambda: export_prompt(rank=100000), "rank", validation=True),
     # --- Apply TL Weights (files under models/loras/, made by the module fixture)
     _case("apply_weights_missing", APPLY, lambda: apply_prompt(f"{PREFIX}missing.safetensors"), "weights",
           f"{PREFIX}missing.safetensors"),
