@@ -40,6 +40,7 @@ from headless.world_settings import apply_world_settings  # noqa: E402
 from shapes_world.judge import rates  # noqa: E402
 from shapes_world.model import ensure_world_checkpoint  # noqa: E402
 from shapes_world.training_sets import PAIR  # noqa: E402
+from textloc.evaluation.pictures import font  # noqa: E402
 from textloc.weights.files import atomic_write_text  # noqa: E402
 
 # The whole story, in this order (later workflows read what earlier ones trained), with what each
@@ -181,8 +182,10 @@ SHEETS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
         ("hard guidance", "tl_guidance_compare.json", "19"),
     )),
 )
-LABEL_WIDTH = 120
+LABEL_WIDTH = 140
 SHEET_CELL = 128
+SHEET_HEADER = 36  # the title band above the rows
+SHEET_TITLE_FONT, SHEET_LABEL_FONT = 18, 15  # the pack's picture font (textloc.evaluation.pictures)
 
 
 def write_sheets(pictures: list[DemoPicture], out: Path) -> list[dict[str, str]]:
@@ -195,12 +198,13 @@ def write_sheets(pictures: list[DemoPicture], out: Path) -> list[dict[str, str]]
         if not all(paths for _, paths in cells):
             continue
         columns = max(len(paths) for _, paths in cells)
-        sheet = Image.new("RGB", (LABEL_WIDTH + columns * SHEET_CELL, 24 + len(cells) * SHEET_CELL), "white")
+        sheet = Image.new("RGB", (LABEL_WIDTH + columns * SHEET_CELL, SHEET_HEADER + len(cells) * SHEET_CELL),
+                          "white")
         draw = ImageDraw.Draw(sheet)
-        draw.text((6, 6), title, fill="black")
+        draw.text((8, SHEET_HEADER // 2), title, fill="black", font=font(SHEET_TITLE_FONT), anchor="lm")
         for row, (label, paths) in enumerate(cells):
-            top = 24 + row * SHEET_CELL
-            draw.text((6, top + SHEET_CELL // 2 - 6), label, fill="black")
+            top = SHEET_HEADER + row * SHEET_CELL
+            draw.text((8, top + SHEET_CELL // 2), label, fill="black", font=font(SHEET_LABEL_FONT), anchor="lm")
             for column, path in enumerate(paths):
                 picture = Image.open(path).convert("RGB").resize((SHEET_CELL, SHEET_CELL), Image.NEAREST)
                 sheet.paste(picture, (LABEL_WIDTH + column * SHEET_CELL, top))
