@@ -112,6 +112,12 @@ def model_family(model_patcher: Any) -> str:
     return type(model_patcher.model.model_config).__name__
 
 
+def model_prediction(model_patcher: Any) -> str:
+    """What the model predicts, as ComfyUI's model type names it in lower case (eps, v_prediction, ...):
+    SD2 768-v and SD2 base share their family and layer shapes but not this."""
+    return model_patcher.model.model_type.name.lower()
+
+
 def device_memory_bytes(device: torch.device) -> int:
     """Total memory of the compute device (0 for the CPU, where system RAM is used)."""
     import comfy.model_management as mm

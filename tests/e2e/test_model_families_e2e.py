@@ -28,7 +28,7 @@ from headless.tiny_families import TINY_FAMILIES
 from headless.tiny_model import TINY_CHECKPOINT_PATH
 from headless.workflow import load_workflow, nodes_of_type, to_api_prompt
 from textloc.training.run_files import RunFiles
-from textloc.weights.files import META_FAMILY
+from textloc.weights.files import META_FAMILY, META_PREDICTION
 
 FAMILIES = list(TINY_FAMILIES)  # sd2_eps, sd2_v, sdxl
 TRAIN_STEPS = 2
@@ -160,6 +160,7 @@ def test_training_writes_finite_weights_for_the_right_family(family_run: FamilyR
         assert keys and all(k.endswith((".attn2.to_k.diff", ".attn2.to_v.diff")) for k in keys)
         deltas = [f.get_tensor(k).float() for k in keys]
     assert meta[META_FAMILY] == family.model_config
+    assert meta[META_PREDICTION] == family.model_type.lower()  # what tells SD2 eps and v apart
     assert all(torch.isfinite(d).all() for d in deltas) and any(d.abs().sum() > 0 for d in deltas)
     with safe_open(str(run.embedding_path(TOKEN)), "pt") as f:
         widths = {k: f.get_slice(k).get_shape()[-1] for k in f.keys()}
@@ -201,3 +202,18 @@ def test_apply_refuses_the_weights_on_another_family(comfy_server: ComfyServer, 
     message = str(caught.value)
     assert family_run.run.kv_path.name in message and "Fix:" in message and "Traceback" not in message
     assert f"'{TINY_FAMILIES[family_run.name].model_config}'" in message and "'SD15'" in message
+
+
+@pytest.mark.parametrize("family_run", ["sd2_eps", "sd2_v"], indirect=True)
+def test_sd2_weights_are_refused_on_the_other_prediction_type(comfy_server: ComfyServer, family_run: FamilyRun,
+                                                              family_checkpoints: dict[str, str]) -> None:
+    """SD2 base (eps) and 768-v share family and layer shapes; only the recorded prediction tells them apart."""
+    other = {"sd2_eps": "sd2_v", "sd2_v": "sd2_eps"}[family_run.name]
+    prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": family_checkpoints[other]}},
+              "2": _apply(family_run.run.kv_lora_name),
+              "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 2]}}}
+    with pytest.raises(WorkflowError) as caught:
+        comfy_server.run(prompt, timeout=300)
+    message = str(caught.value)
+    assert family_run.run.kv_path.name in message and "Fix:" in message and "Traceback" not in message
+    assert "predicts eps" in message and "predicts v_prediction" in message

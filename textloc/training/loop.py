@@ -398,6 +398,7 @@ class _Trainer:
             resolution=self.job.dataset.resolution, seed=cfg.seed, prompt=self.prompt_text,
             trained=["q", "k", "v"] if cfg.train_q else ["k", "v"], train_token=cfg.train_token,
             base_model_family=host.model_family(self.job.model), base_hash=self.base_hash,
+            base_model_prediction=host.model_prediction(self.job.model),
             dataset=self.job.dataset.name, pack_version=__version__, attention_resolutions=self.resolutions,
             token_positions=self.token_positions,
             **({"localization": localization} if localization else {}),

@@ -43,6 +43,7 @@ from .files import (
     META_FAMILY,
     META_FORMAT,
     META_KIND,
+    META_PREDICTION,
     check_kv_deltas_match,
     checkpoint_dir_name,
     file_stamp,
@@ -263,6 +264,12 @@ def check_weights_fit(model: Any, clip: Any, weights: TrainedWeights, what: str)
     if file_family and file_family.lower() != family.lower():
         log.warning("%s was trained on a '%s' model and is applied to a '%s' model with the same layer shapes.",
                     what, file_family, family)
+    prediction, file_prediction = host.model_prediction(model), str(weights.metadata.get(META_PREDICTION, ""))
+    if file_prediction and file_prediction != prediction:  # files from before this was recorded have none
+        raise TLInputError(
+            what, f"was trained on a '{file_family}' model that predicts {file_prediction}; this '{family}' model "
+            f"predicts {prediction} (same layers, another objective: the deltas would not fit it).",
+            "load the checkpoint the weights were trained on (e.g. SD2 768-v for v_prediction, SD2 base for eps).")
     widths = {b.file_key: b.encoder.transformer.get_input_embeddings().weight.shape[-1]
               for b in text_encoder_branches(clip).values()}
     for token, vectors in weights.token_vectors.items():

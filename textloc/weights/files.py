@@ -50,6 +50,7 @@ META_FORMAT_VERSION = "format_version"
 META_PACK_VERSION = "pack_version"
 META_KIND = "kind"
 META_FAMILY = "base_model_family"
+META_PREDICTION = "base_model_prediction"
 META_BASE_HASH = "base_hash"
 
 KIND_KV = "kv_deltas"
