@@ -39,9 +39,15 @@ def migrate_workflow(workflow: dict[str, Any]) -> dict[str, Any]:
 def _split_train_node(workflow: dict[str, Any], node: dict[str, Any]) -> None:
     old = dict(zip(LEGACY_TRAIN_NODE_WIDGETS, node["widgets_values"], strict=True))
     node["widgets_values"] = [old[name] for name in TRAIN_NODE_WIDGETS]
-    options_id = int(workflow.get("last_node_id") or max(int(n["id"]) for n in workflow["nodes"])) + 1
-    link_id = int(workflow.get("last_link_id") or 0) + 1
+    # new ids above every id in use and every counter the file keeps (`state` in later formats)
+    state = workflow.get("state") or {}
+    options_id = max(int(workflow.get("last_node_id") or 0), int(state.get("lastNodeId") or 0),
+                     *(int(n["id"]) for n in workflow["nodes"])) + 1
+    link_id = max(int(workflow.get("last_link_id") or 0), int(state.get("lastLinkId") or 0),
+                  *(int(link[0]) for link in workflow.get("links") or []), 0) + 1
     workflow["last_node_id"], workflow["last_link_id"] = options_id, link_id
+    if "state" in workflow:
+        workflow["state"] = {**state, "lastNodeId": options_id, "lastLinkId": link_id}
     # Inputs the editor made for moved widgets (newer frontends list them): unlinked ones go,
     # linked ones (a widget turned into an input) follow their widget to the options node.
     options_inputs: list[dict[str, Any]] = []

@@ -103,14 +103,7 @@ def test_a_moved_widget_that_was_turned_into_an_input_keeps_its_link() -> None:
                     "checked by tests/e2e/test_browser.py only")
 @pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
 def test_the_editor_extension_maps_a_file_exactly_like_the_converter(path: Path, tmp_path: Path) -> None:
-    source = LAYOUT_JS.read_text()
-    body = re.sub(r"^import .*$", "", source, flags=re.M).split("app.registerExtension(")[0]
-    script = tmp_path / "migrate.mjs"
-    script.write_text("import fs from 'node:fs';\n" + body
-                      + "\nprocess.stdout.write(JSON.stringify(migrateTrainNodes(JSON.parse(fs.readFileSync(0, 'utf8')))));\n")
-    out = subprocess.run(["node", str(script)], input=path.read_text(), capture_output=True, text=True,
-                         timeout=60, check=True)
-    assert json.loads(out.stdout) == migrate_workflow(_load(path))
+    assert _run_editor_migration(_load(path), tmp_path) == migrate_workflow(_load(path))
 
 
 def test_old_prompt_inputs_are_typed_like_the_settings() -> None:
@@ -120,3 +113,25 @@ def test_old_prompt_inputs_are_typed_like_the_settings() -> None:
     with pytest.raises(TLInputError) as err:
         legacy_settings({"batch_size": "two"})
     assert err.value.what == "batch_size"
+
+
+def _run_editor_migration(workflow: dict, tmp_path: Path) -> dict:
+    body = re.sub(r"^import .*$", "", LAYOUT_JS.read_text(), flags=re.M).split("app.registerExtension(")[0]
+    script = tmp_path / "migrate.mjs"
+    script.write_text("import fs from 'node:fs';\n" + body
+                      + "\nprocess.stdout.write(JSON.stringify(migrateTrainNodes(JSON.parse(fs.readFileSync(0, 'utf8')))));\n")
+    out = subprocess.run(["node", str(script)], input=json.dumps(workflow), capture_output=True, text=True,
+                         timeout=60, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_new_ids_stay_above_the_counters_of_later_file_formats(tmp_path: Path) -> None:
+    """Later formats keep the id counters in `state`: the options node and its link must not reuse an id."""
+    workflow = _load(FIXTURES[0])
+    del workflow["last_node_id"], workflow["last_link_id"]
+    workflow["state"] = {"lastNodeId": 50, "lastLinkId": 70, "lastGroupId": 0}
+    for new in (migrate_workflow(workflow), _run_editor_migration(workflow, tmp_path)):
+        options = next(n for n in new["nodes"] if n["type"] == OPTIONS_NODE)
+        assert options["id"] == 51 and new["links"][-1][0] == 71
+        assert new["state"]["lastNodeId"] == 51 and new["state"]["lastLinkId"] == 71

@@ -46,11 +46,18 @@ function isLegacyTrainNode(node) {
 function splitTrainNode(graph, node) {
   const old = Object.fromEntries(LEGACY_TRAIN_NODE_WIDGETS.map((name, i) => [name, node.widgets_values[i]]));
   node.widgets_values = TRAIN_NODE_WIDGETS.map((name) => old[name]);
-  const optionsId = Number(graph.last_node_id ?? Math.max(...graph.nodes.map((n) => Number(n.id)))) + 1;
-  const newLinkId = Number(graph.last_link_id ?? 0) + 1;
+  // New ids above every id in use and every counter the file keeps (`state` in later formats).
+  graph.links ??= [];
+  const optionsId = Math.max(Number(graph.last_node_id ?? 0), Number(graph.state?.lastNodeId ?? 0),
+    ...graph.nodes.map((n) => Number(n.id))) + 1;
+  const newLinkId = Math.max(Number(graph.last_link_id ?? 0), Number(graph.state?.lastLinkId ?? 0),
+    ...graph.links.map((l) => Number(linkId(l))), 0) + 1;
   graph.last_node_id = optionsId;
   graph.last_link_id = newLinkId;
-  graph.links ??= [];
+  if (graph.state) { // the editor must not hand out these ids again
+    graph.state.lastNodeId = optionsId;
+    graph.state.lastLinkId = newLinkId;
+  }
   // Inputs made for moved widgets: unlinked ones go, linked ones follow their widget.
   const optionsInputs = [];
   const keptInputs = [];
