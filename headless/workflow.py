@@ -17,15 +17,13 @@ from typing import Any
 
 from textloc.config import TRAIN_NODE_WIDGETS, TRAINING_OPTIONS_WIDGETS
 
-from .workflow_migration import migrate_workflow
+from .workflow_migration import OPTIONS_NODE, TRAIN_NODE, migrate_workflow
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload", "upload")
 SEED_NAMES = ("seed", "noise_seed")
 MODE_MUTED = 2
 MODE_BYPASS = 4
-TRAIN_NODE = "TL_TrainKV"
-OPTIONS_NODE = "TL_TrainingOptions"
 VIRTUAL_NODES = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
 
 

@@ -195,7 +195,7 @@ def _first_non_finite(tensors: Mapping[str, torch.Tensor]) -> tuple[str, int, in
     return None
 
 
-def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
     """Atomic safetensors write of contiguous CPU tensors; never one holding NaN or inf (it samples black)."""
     meta = _check_metadata(metadata)
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -306,7 +306,7 @@ def save_kv_deltas(
 ) -> None:
     """Write K/V weight deltas (keyed by model key) as a file the stock LoraLoaderModelOnly applies."""
     tensors = {kv_file_key(k): v.detach().to(dtype) for k, v in deltas.items()}
-    _save_tensors(Path(path), tensors, {**metadata, META_KIND: KIND_KV})
+    save_tensors(Path(path), tensors, {**metadata, META_KIND: KIND_KV})
 
 
 def load_kv_deltas(
@@ -378,7 +378,7 @@ def save_embedding(
     tensors = {}
     for key, value in vectors.items():
         tensors[key] = value.detach().to(dtype).reshape(-1, value.shape[-1])
-    _save_tensors(Path(path), tensors, {**metadata, META_KIND: KIND_EMBEDDING})
+    save_tensors(Path(path), tensors, {**metadata, META_KIND: KIND_EMBEDDING})
 
 
 def load_embedding(
@@ -524,7 +524,7 @@ def save_training_checkpoint(
             "loss_history": json.dumps(list(loss_history)),
             "run_metadata": json.dumps(dict(metadata)),
         }
-        _save_tensors(tmp / STATE_FILE, tensors, state_meta)
+        save_tensors(tmp / STATE_FILE, tensors, state_meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

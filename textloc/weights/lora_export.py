@@ -33,9 +33,9 @@ from .files import (
     MODEL_PREFIX,
     NOT_FINITE_FIX,
     WEIGHT_SUFFIX,
-    _save_tensors,
     build_metadata,
     save_embedding,
+    save_tensors,
 )
 from .trained import TrainedWeights
 
@@ -182,5 +182,5 @@ def save_kv_lora(path: Path, weights: TrainedWeights, rank: int) -> list[Path]:
     }
     for token, file in token_files.items():
         save_embedding(file, weights.token_vectors[token], {**run_meta, "token": token})
-    _save_tensors(path, tensors, lora_meta)
+    save_tensors(path, tensors, lora_meta)
     return [path, *token_files.values()]
