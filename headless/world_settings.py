@@ -15,9 +15,15 @@ from .workflow import OPTIONS_NODE, TRAIN_NODE, ensure_training_options
 
 WORLD_RESOLUTION = 64
 WORLD_TRAIN_STEPS = 100
+WORLD_SWEEP_STEPS = (50, 100, 200)  # bench/shapes_world.py also scores these lengths of one run
 WORLD_LEARNING_RATE = 3e-4
+WORLD_CLASS_IMAGES = 32  # per concept, drawn by the untrained model from the class word (prior preservation)
+WORLD_CLASS_SEED = 99
+WORLD_DENOISE_REGION_MASKED = "concepts and background"  # the masked loss the bench compares
 WORLD_SAMPLE_STEPS = 20
 WORLD_SAMPLE_CFG = 5.0
+WORLD_SAMPLER = "euler"
+WORLD_SCHEDULER = "normal"
 
 # class_type -> input -> value; inputs a prompt links instead of setting are left alone
 WORLD_INPUTS: dict[str, dict[str, Any]] = {

@@ -22,6 +22,7 @@ CHECKPOINTING_MODES: tuple[str, ...] = ("auto", "on", "off")
 # default batch needs it to fit in 8 GB) and for SDXL-sized UNets everywhere but the CPU.
 CHECKPOINTING_BELOW_BYTES = 16 * 1024**3
 GUIDANCE_MODES: tuple[str, ...] = ("hard", "soft", "none")
+DENOISE_REGIONS: tuple[str, ...] = ("whole photo", "concepts and background", "concepts only")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 BASE_LEARNING_RATE = 1e-5
 DEFAULT_PROMPT = "photo of {concepts}"
@@ -49,6 +50,7 @@ class TrainConfig:
     attention_size: int = 0
     preview_every: int = 10
     lora_rank: int = 0  # also write the K/V deltas as a standard LoRA of this rank; 0: none
+    denoise_region: str = "whole photo"  # where the instance loss looks: see losses.denoise_weights
 
     def resolved(self, num_concepts: int, with_prior: bool, resolution: int) -> TrainConfig:
         """Fill every "0 = auto" field with the authors' value for this many concepts."""
@@ -82,6 +84,9 @@ class TrainConfig:
         if self.lora_rank < 0:
             raise TLInputError("lora_rank", f"{self.lora_rank} is not a rank.",
                                "use 0 for no LoRA file, or a rank such as 16.")
+        if self.denoise_region not in DENOISE_REGIONS:
+            raise TLInputError("denoise_region", f"'{self.denoise_region}' is unknown.",
+                               f"choose one of {', '.join(DENOISE_REGIONS)}.")
         if self.precision not in PRECISIONS:
             raise TLInputError("precision", f"'{self.precision}' is unknown.",
                                f"choose one of {', '.join(PRECISIONS)}.")
@@ -95,7 +100,7 @@ TRAIN_NODE_WIDGETS: tuple[str, ...] = ("guidance", "steps", "output_name", "resu
 TRAINING_OPTIONS_WIDGETS: tuple[str, ...] = (
     "attention_weight", "learning_rate", "batch_size", "prior_weight", "seed", "checkpoint_every", "precision",
     "gradient_checkpointing", "train_token", "train_q", "prompt", "concept_phrase", "weight_decay", "grad_clip",
-    "preview_every", "attention_size", "lora_rank")
+    "preview_every", "attention_size", "lora_rank", "denoise_region")
 LEGACY_TRAIN_NODE_WIDGETS: tuple[str, ...] = (
     "guidance", "attention_weight", "steps", "learning_rate", "batch_size", "prior_weight", "seed",
     "checkpoint_every", "output_name", "resume", "precision", "gradient_checkpointing", "train_token", "train_q",

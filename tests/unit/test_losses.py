@@ -13,12 +13,14 @@ from textloc.training.losses import (
     attention_loss,
     concepts_attention_loss,
     default_resolutions,
+    denoise_weights,
     hard_attention_loss,
     instance_denoise_loss,
     prepare_target_mask,
     prior_loss,
     soft_attention_loss,
     token_attention_map,
+    valid_border,
 )
 
 
@@ -150,21 +152,87 @@ def test_instance_loss_is_channel_sum_over_interior_pixels() -> None:
     target = torch.ones(2, 4, 4, 4)
     target[1] *= 2.0
     # sample 0: 4 channels x 4 interior px x 1 / 4 px = 4; sample 1: x 4 = 16; mean 10
-    assert instance_denoise_loss(pred, target).item() == pytest.approx(10.0)
+    assert instance_denoise_loss(pred, target, border=1).item() == pytest.approx(10.0)
     # it equals 4 x the element MSE of the interior, for 4 channels
     interior = ((pred - target) ** 2)[..., 1:3, 1:3].mean()
-    assert instance_denoise_loss(pred, target).item() == pytest.approx(4 * interior.item())
+    assert instance_denoise_loss(pred, target, border=1).item() == pytest.approx(4 * interior.item())
 
 
-def test_instance_loss_ignores_the_border() -> None:
-    pred = torch.zeros(1, 4, 5, 5)
-    target = torch.zeros(1, 4, 5, 5)
-    target[..., 0, :] = 100.0
-    target[..., :, -1] = 100.0
-    assert instance_denoise_loss(pred, target).item() == 0.0
+def _framed(size: int, frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, target) that differ only on a `frame`-pixel frame of a size x size latent."""
+    pred = torch.zeros(1, 4, size, size)
+    target = torch.full((1, 4, size, size), 100.0)
+    target[..., frame:size - frame, frame:size - frame] = 0.0
+    return pred, target
+
+
+def test_the_left_out_border_scales_with_the_latent() -> None:
+    # the authors' 1 px at SD1.5's 64x64 latents (512 px); SDXL's 128 latents leave 2 px; the
+    # world's 8x8 latents leave none (a 1 px frame would be 44 % of the picture, never trained)
+    assert [valid_border(s, s) for s in (8, 32, 63, 64, 96, 128)] == [0, 0, 0, 1, 1, 2]
+    assert instance_denoise_loss(*_framed(64, 1)).item() == 0.0
+    assert instance_denoise_loss(*_framed(128, 2)).item() == 0.0
+    assert instance_denoise_loss(*_framed(128, 3)).item() > 0.0
+    pred, target = _framed(8, 1)
+    # 28 of 64 pixels differ by 100 in 4 channels
+    assert instance_denoise_loss(pred, target).item() == pytest.approx(4 * 100.0**2 * 28 / 64)
+
+
+def test_instance_loss_ignores_the_border_it_is_given() -> None:
+    pred, target = _framed(5, 1)
+    assert instance_denoise_loss(pred, target, border=1).item() == 0.0
     assert instance_denoise_loss(pred, target, border=0).item() > 0.0
     with pytest.raises(ValueError, match="border"):
         instance_denoise_loss(pred, target, border=3)
+
+
+def test_weighted_instance_loss_keeps_the_authors_normalisation() -> None:
+    pred = torch.zeros(2, 4, 4, 4)
+    target = torch.ones(2, 4, 4, 4)
+    target[:, :, :, 2:] = 3.0  # right half: error 9 per element, left half 1
+    weights = torch.zeros(2, 1, 4, 4)
+    weights[0, :, :, :2] = 1.0  # sample 0 looks at the left half only
+    weights[1] = 0.5  # a uniform weight changes nothing
+    loss = instance_denoise_loss(pred, target, border=0, weights=weights)
+    # sample 0: 4 channels x 1; sample 1: 4 channels x mean(1, 9) = 20; mean 12
+    assert loss.item() == pytest.approx((4 * 1 + 4 * 5) / 2)
+
+
+def _scene_masks() -> tuple[torch.Tensor, torch.Tensor]:
+    """One 16 px photo: a concept in the top-left 8x8 quarter, another masked object bottom-right."""
+    concept = torch.zeros(1, 1, 16, 16)
+    concept[..., :8, :8] = 1.0
+    other = torch.zeros(1, 1, 16, 16)
+    other[..., 10:16, 12:16] = 1.0
+    return concept, torch.cat([concept, other], dim=1)  # the folders hold both objects' masks
+
+
+def test_denoise_weights_per_region() -> None:
+    concept, objects = _scene_masks()
+    whole = denoise_weights(concept, objects, "whole photo", (4, 4))
+    torch.testing.assert_close(whole, torch.ones(1, 1, 4, 4))
+    only = denoise_weights(concept, objects, "concepts only", (4, 4))
+    expected = torch.zeros(1, 1, 4, 4)
+    expected[..., :2, :2] = 1.0
+    torch.testing.assert_close(only, expected)
+    # concepts and background: every latent cell the other object touches is left out, nothing else
+    background = denoise_weights(concept, objects, "concepts and background", (4, 4))
+    expected = torch.ones(1, 1, 4, 4)
+    expected[..., 2:, 3:] = 0.0
+    torch.testing.assert_close(background, expected)
+    # partial cover: "concepts only" weighs a cell by the share the concept covers
+    half = torch.zeros(1, 1, 16, 16)
+    half[..., :2, :4] = 1.0
+    assert denoise_weights(half, half, "concepts only", (4, 4))[0, 0, 0, 0].item() == pytest.approx(0.5)
+
+
+def test_denoise_weights_without_other_objects_or_with_an_unknown_region() -> None:
+    concept, _ = _scene_masks()
+    no_folders = torch.zeros(1, 0, 16, 16)
+    torch.testing.assert_close(denoise_weights(concept, no_folders, "concepts and background", (4, 4)),
+                               torch.ones(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="concepts only"):
+        denoise_weights(concept, no_folders, "objects", (4, 4))
 
 
 def test_prior_loss_is_plain_mse() -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from shapes_world import judge
 from shapes_world.model import pack, quantize_rows, unpack
 from shapes_world.scenes import (
+    ALL_COLORS,
     FLOOR_COLORS,
     NEW_COLORS,
     OBJECT_COLORS,
@@ -84,14 +85,94 @@ def test_the_judge_reads_every_rendered_colour_and_floor() -> None:
         assert judge.floor_color(image) == scene.floor
 
 
-def test_the_judge_counts_leakage_and_fidelity() -> None:
+NEW = (PAIR.new_color, PAIR.new_shape)
+DISTRACTOR = (PAIR.distractor_color, PAIR.distractor_shape)
+
+
+def _floor(name: str = "grey", size: int = 64) -> np.ndarray:
+    return np.full((size, size, 3), FLOOR_COLORS[name], dtype=np.uint8)
+
+
+def _disc(size: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] + 0.5
+    return (x - cx * size) ** 2 + (y - cy * size) ** 2 <= (radius * size) ** 2
+
+
+def test_the_judge_reads_objects_of_rendered_scenes() -> None:
+    scenes, images, _ = scene_batch(21, 120, 64)
+    for scene, image in zip(scenes, images, strict=True):
+        assert sorted(judge.objects(image)) == sorted((o.color, o.shape) for o in scene.objects), scene.caption()
     rng = np.random.default_rng(2)
-    image, _ = render(pair_scene(rng), 64)
-    both = judge.judge(image, PAIR.new_color, PAIR.distractor_color, wanted_color="red")
-    assert both.new_object and both.distractor and both.follows_prompt is False
-    plain = np.full((64, 64, 3), FLOOR_COLORS["green"], dtype=np.uint8)
-    empty = judge.judge(plain, PAIR.new_color, PAIR.distractor_color, wanted_floor="green")
+    photo, _ = render(pair_scene(rng), 64)
+    verdict = judge.judge(photo, NEW, DISTRACTOR, judge.Wanted(objects=(("red", "box"),)))
+    assert verdict.new_object and verdict.distractor and verdict.scene and verdict.follows_prompt is False
+    empty = judge.judge(_floor("green"), NEW, DISTRACTOR, judge.Wanted(floor="green"))
     assert not empty.new_object and not empty.distractor and empty.follows_prompt is True
+
+
+def test_a_two_coloured_ball_is_no_ball_of_either_colour() -> None:
+    picture = _floor()
+    ball = _disc(64, 0.5, 0.5, 0.2)
+    left = np.zeros_like(ball)
+    left[:, :32] = True
+    picture[ball & left] = ALL_COLORS["red"]
+    picture[ball & ~left] = ALL_COLORS["magenta"]
+    assert judge.objects(picture) == []
+    # a red ball with a thin magenta rim is a red ball, not the new object
+    rimmed = _floor()
+    rimmed[_disc(64, 0.5, 0.5, 0.2)] = ALL_COLORS["magenta"]
+    rimmed[_disc(64, 0.5, 0.5, 0.17)] = ALL_COLORS["red"]
+    assert judge.objects(rimmed) == [("red", "ball")]
+    assert "magenta" in judge.colors_present(rimmed)  # what the colour-only rule counted as fidelity
+
+
+def test_a_smear_a_streak_or_a_smudge_is_no_object() -> None:
+    smear = _floor()
+    y, x = np.mgrid[0:64, 0:64]
+    smear[np.abs(x - y) < 5] = ALL_COLORS["magenta"]  # a diagonal band across the picture
+    streak = _floor()
+    streak[30:36, 4:60] = ALL_COLORS["yellow"]  # wide and flat: a box's colour, not its shape
+    smudge = _floor()
+    smudge[10:14, 10:14] = ALL_COLORS["yellow"]  # 0.4 % of the picture
+    for picture in (smear, streak, smudge):
+        verdict = judge.judge(picture, NEW, DISTRACTOR)
+        assert not verdict.new_object and not verdict.distractor and verdict.scene
+
+
+def test_a_collapsed_picture_shows_nothing_and_no_floor() -> None:
+    rng = np.random.default_rng(0)
+    palette = np.array([ALL_COLORS[c] for c in ("magenta", "red", "blue")], dtype=np.uint8)
+    texture = palette[rng.integers(0, 3, size=(8, 8))].repeat(8, 0).repeat(8, 1)  # 8 px patches
+    texture[16:40, 16:40] = ALL_COLORS["magenta"]  # even with a magenta block in it
+    verdict = judge.judge(texture, NEW, DISTRACTOR)
+    assert not verdict.scene and not verdict.new_object and not verdict.distractor
+    rates = judge.rates([texture, render(pair_scene(rng), 64)[0]], NEW, DISTRACTOR)
+    assert rates["collapsed"].successes == 1 and rates["fidelity"].successes == 1 and rates["fidelity"].count == 2
+
+
+def test_a_drifted_floor_is_still_a_floor_and_is_read_by_its_colour() -> None:
+    picture = np.full((64, 64, 3), (79, 111, 155), dtype=np.uint8)  # a fine-tune's bluer floor (saturation 0.49)
+    picture[_disc(64, 0.4, 0.4, 0.18)] = ALL_COLORS["magenta"]
+    verdict = judge.judge(picture, NEW, DISTRACTOR)
+    assert verdict.scene and verdict.new_object and verdict.floor == "blue"
+    green = np.full((64, 64, 3), (96, 150, 80), dtype=np.uint8)  # the old drift: a greener floor
+    assert judge.judge(green, NEW, DISTRACTOR).floor == "green"
+
+
+def test_ball_and_box_are_told_apart_when_drawn_rounded_or_tilted() -> None:
+    y, x = np.mgrid[0:64, 0:64] + 0.5
+    rounded = _floor()
+    box = (np.abs(x - 32) <= 12) & (np.abs(y - 32) <= 12) & ~((np.abs(x - 32) > 9) & (np.abs(y - 32) > 9)
+                                                               & ((np.abs(x - 32) - 9) ** 2 + (np.abs(y - 32) - 9) ** 2 > 9))
+    rounded[box] = ALL_COLORS["yellow"]
+    tilted = _floor()
+    u, v = (x - 32 + y - 32) / np.sqrt(2), (x - 32 - (y - 32)) / np.sqrt(2)
+    tilted[(np.abs(u) <= 11) & (np.abs(v) <= 11)] = ALL_COLORS["yellow"]  # a box turned by 45 degrees
+    lumpy = _floor()
+    lumpy[_disc(64, 0.5, 0.5, 0.18) | _disc(64, 0.58, 0.5, 0.15)] = ALL_COLORS["magenta"]
+    assert judge.objects(rounded) == [DISTRACTOR]
+    assert judge.objects(tilted) == [DISTRACTOR]
+    assert judge.objects(lumpy) == [NEW]
 
 
 def test_pair_sets_use_the_authors_layout(tmp_path: Path) -> None:

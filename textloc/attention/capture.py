@@ -60,6 +60,10 @@ class CaptureSpec:
     """True keeps maps differentiable (training); False stores them detached in float32."""
     store_device: torch.device | str | None = None
     """Where detached maps are kept; None leaves them on the compute device."""
+    frozen_keys: int = 0
+    """Training: the first `frozen_keys` context tokens' keys and values pass no gradient. The authors
+    (after Custom Diffusion) detach the start-of-text token: it is the same in every prompt and draws
+    most of the attention, so a gradient through it would move what every prompt draws."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,10 @@ class AttentionRecorder:
         """The attn2 replace function for one layer; `previous` (another pack's patch) keeps producing the output."""
 
         def attn2(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+            frozen = self.spec.frozen_keys
+            if frozen and torch.is_grad_enabled():
+                k = torch.cat([k[:, :frozen].detach(), k[:, frozen:]], dim=1)
+                v = torch.cat([v[:, :frozen].detach(), v[:, frozen:]], dim=1)
             heads = int(extra_options["n_heads"])
             hw = (int(extra_options["activations_shape"][-2]), int(extra_options["activations_shape"][-1]))
             rows = self._captured_rows(q, extra_options, hw)

@@ -49,6 +49,7 @@ from .kv_deltas import as_diff_patches, attach_deltas, delta_tensors
 from .losses import (
     concepts_attention_loss,
     default_resolutions,
+    denoise_weights,
     instance_denoise_loss,
     prepare_target_mask,
     prior_loss,
@@ -72,6 +73,7 @@ EVENT_STEP = "textloc.train.step"
 SHEET_PANEL = 256  # px per panel of the saved attention sheet and the node's IMAGE output
 LIVE_PANEL = 156  # px per panel of the live preview: three panels fit the browser's 512 px with full-size text
 LOSS_CHART_FILE = "loss_chart.png"
+START_TOKENS = 1  # the start-of-text token's key and value get no gradient (method notes §2.9)
 
 
 class TrainingStopped(RuntimeError):
@@ -148,9 +150,16 @@ def _compute_dtype(device: torch.device, precision: str) -> torch.dtype:
 
 
 def _encode_images(vae: Any, images: torch.Tensor) -> torch.Tensor:
-    """VAE latents of IMAGE [N, H, W, 3] (no augmentation: the authors train with --noaug)."""
-    with torch.no_grad():
-        return vae.encode(images[..., :3]).float().clone()
+    """VAE latents of IMAGE [N, H, W, 3] (no augmentation: the authors train with --noaug).
+
+    Encoded in inference mode, as every other use of the loaded VAE is: ComfyUI moves the VAE to the
+    GPU on this call, and moved outside inference mode its weights broke a later VAE Decode of the same
+    graph (torch 2.11 on CUDA: "Inference tensors do not track version counter"). The clone is a
+    normal tensor that training may use.
+    """
+    with torch.inference_mode():
+        latents = vae.encode(images[..., :3]).float()
+    return latents.clone()
 
 
 def _cycle(count: int, step: int, batch: int) -> list[int]:
@@ -198,7 +207,7 @@ class _Trainer:
         self.patcher = job.model.clone()
         self.deltas = attach_deltas(self.patcher, ("q", "k", "v") if cfg.train_q else ("k", "v"))
         self.recorder = AttentionRecorder(CaptureSpec(columns=torch.zeros(1, 1, dtype=torch.long),
-                                                      rows=first_rows(1)))
+                                                      rows=first_rows(1), frozen_keys=START_TOKENS))
         install_recorder(self.patcher, self.recorder)
         host.load_for_training(self.patcher)
         make_autograd_safe(self.patcher.model)
@@ -210,6 +219,9 @@ class _Trainer:
         self.class_latents = [_encode_images(job.vae, c.class_images).to(self.device)
                               for c in self.concepts] if self.with_prior else []
         self.targets = [prepare_target_mask(c.masks, cfg.attention_size).to(self.device) for c in self.concepts]
+        self.denoise_weights = denoise_weights(
+            torch.stack([c.masks for c in self.concepts], dim=1), job.dataset.folder_masks.transpose(0, 1),
+            cfg.denoise_region, tuple(self.instance_latents.shape[-2:])).to(self.device)
         self.params: list[tuple[str, torch.nn.Parameter]] = [(key, d.delta) for key, d in self.deltas.items()]
         for tok in self.tokens.values():
             for param in tok.parameters():
@@ -367,7 +379,7 @@ class _Trainer:
         use_attention = cfg.guidance != "none" and cfg.attention_weight > 0
         self._capture(columns, batch, keep_graph=use_attention, resolutions=self.resolutions)
         eps = self._forward(x0, context, sigmas, noise, adm_batch)
-        l_denoise = instance_denoise_loss(eps[:batch], noise[:batch])
+        l_denoise = instance_denoise_loss(eps[:batch], noise[:batch], weights=self.denoise_weights[inst_idx])
         l_prior = prior_loss(eps[batch:], noise[batch:]) if self.with_prior else eps.new_zeros(())
         maps = token_attention_map(self.recorder.records(), self.resolutions, cfg.attention_size)
         targets = torch.stack([t[inst_idx] for t in self.targets], dim=1)
@@ -400,7 +412,7 @@ class _Trainer:
             base_model_family=host.model_family(self.job.model), base_hash=self.base_hash,
             base_model_prediction=host.model_prediction(self.job.model),
             dataset=self.job.dataset.name, pack_version=__version__, attention_resolutions=self.resolutions,
-            token_positions=self.token_positions,
+            token_positions=self.token_positions, denoise_region=cfg.denoise_region,
             **({"localization": localization} if localization else {}),
         )
 

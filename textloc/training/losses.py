@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
+from ..config import DENOISE_REGIONS
+
 AttentionMode = Literal["hard", "soft", "none"]
 MINMAX_EPS = 1e-8
 
@@ -116,6 +118,18 @@ def concepts_attention_loss(pred: torch.Tensor, targets: torch.Tensor, mode: Att
     return torch.stack(losses).mean()
 
 
+# The authors' valid region leaves out 1 latent pixel on each side of SD1.5's 64x64 latents (512 px).
+# The frame scales with the latent side: 1 px at 64 (and up to 127), 2 px at 128 (SDXL at 1024 px),
+# none below 64, where a fixed 1 px frame would cover much of a small latent (44 % of 8x8) that is
+# then never trained toward the photos.
+BORDER_PER_SIDE = 64
+
+
+def valid_border(height: int, width: int) -> int:
+    """Pixels left out on each side of a latent: 1/64 of its shorter side, rounded down."""
+    return min(height, width) // BORDER_PER_SIDE
+
+
 def border_mask(height: int, width: int, border: int, device: torch.device | None = None) -> torch.Tensor:
     """1 inside, 0 on a `border`-pixel frame: Custom Diffusion's valid region with --noaug."""
     if 2 * border >= min(height, width):
@@ -125,18 +139,53 @@ def border_mask(height: int, width: int, border: int, device: torch.device | Non
     return mask
 
 
-def instance_denoise_loss(pred: torch.Tensor, target: torch.Tensor, border: int = 1) -> torch.Tensor:
+def instance_denoise_loss(pred: torch.Tensor, target: torch.Tensor, border: int | None = None,
+                          weights: torch.Tensor | None = None) -> torch.Tensor:
     """Masked MSE of the instance samples [B, C, H, W], exactly as Custom Diffusion computes it.
 
     Per sample: sum over c,h,w of m*(pred-target)^2 divided by sum over h,w of m. The numerator
     counts every channel and the denominator does not, so this is C x (4 x for SD latents) the
     element MSE over the interior. Kept on purpose: it sets the balance against the prior and
-    attention losses that the published hyperparameters were tuned with.
+    attention losses that the published hyperparameters were tuned with. `border` None scales the
+    left-out frame with the latent (`valid_border`). `weights` [B, 1, H, W] (from `denoise_weights`)
+    multiply the valid region per sample, for the masked loss; the formula stays the same.
     """
-    mask = border_mask(pred.shape[-2], pred.shape[-1], border, pred.device)
+    height, width = pred.shape[-2], pred.shape[-1]
+    border = valid_border(height, width) if border is None else border
+    mask = border_mask(height, width, border, pred.device).expand(pred.shape[0], 1, height, width)
+    if weights is not None:
+        mask = mask * weights.to(mask)
     squared = (pred.float() - target.float()).square() * mask
-    per_sample = squared.sum(dim=(1, 2, 3)) / mask.sum()
+    per_sample = squared.sum(dim=(1, 2, 3)) / mask.sum(dim=(1, 2, 3)).clamp_min(MINMAX_EPS)
     return per_sample.mean()
+
+
+def denoise_weights(concept_masks: torch.Tensor, object_masks: torch.Tensor, region: str,
+                    latent_size: tuple[int, int]) -> torch.Tensor:
+    """Per-photo weights [N, 1, h, w] of the instance loss on the latent grid.
+
+    concept_masks [N, C, H, W]: the masks of the concepts being learned; object_masks [N, K, H, W]:
+    every masked object of the photos (the dataset's mask folders; may be K = 0).
+    - "whole photo": 1 everywhere (the paper's loss: the model redraws the whole photo, other objects
+      included, so the shared words and K/V directions can learn them);
+    - "concepts and background": 0 on every latent pixel that a masked object which is no concept
+      touches, 1 elsewhere: the other objects are never asked for, the floor still is;
+    - "concepts only": the share of each latent pixel that the concepts cover (Break-A-Scene's masked
+      diffusion loss): neither the background nor other objects are asked for.
+    """
+    if region not in DENOISE_REGIONS:
+        raise ValueError(f"unknown denoise region {region!r}; use one of {', '.join(DENOISE_REGIONS)}")
+    count = concept_masks.shape[0]
+    if region == "whole photo":
+        return torch.ones(count, 1, *latent_size, device=concept_masks.device)
+    concepts = concept_masks.float().amax(dim=1, keepdim=True)
+    if region == "concepts only":
+        return F.interpolate(concepts, size=latent_size, mode="area")
+    if object_masks.shape[1] == 0:
+        return torch.ones(count, 1, *latent_size, device=concept_masks.device)
+    objects = object_masks.float().amax(dim=1, keepdim=True)
+    others = ((objects > 0.5) & (concepts < 0.5)).float()  # a concept's own mask folder is no other object
+    return 1.0 - F.adaptive_max_pool2d(others, latent_size)
 
 
 def prior_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -148,8 +148,11 @@ def text_encoder_branches(clip: Any) -> dict[str, Branch]:
 def _embedding_row(encoder: Any, token_id: int, device: torch.device | str) -> torch.Tensor:
     """A detached fp32 copy of one row of the encoder's input embedding table."""
     table = encoder.transformer.get_input_embeddings().weight
+    # The loader ran in inference mode: a view of its table (`table[id]`) outside it is refused by some
+    # torch versions (2.11: "Inference tensors do not track version counter"); index_select copies.
     with torch.inference_mode(False), torch.no_grad():
-        return table[token_id].detach().to(device=device, dtype=torch.float32).clone().reshape(1, -1)
+        index = torch.tensor([token_id], device=table.device)
+        return torch.index_select(table, 0, index).to(device=device, dtype=torch.float32).clone()
 
 
 # ---------------------------------------------------------------------------------------------- tokens
