@@ -26,6 +26,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 BASE_LEARNING_RATE = 1e-5
 DEFAULT_PROMPT = "photo of {concepts}"
 DEFAULT_CONCEPT_PHRASE = "a {token} {class}"
+TOKEN_MAX_LENGTH = 64  # a token becomes a file name and `embedding:NAME` in prompts
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,15 @@ def prompt_words(text: str) -> list[str]:
 
 
 def suggest_token(token: str, taken: Sequence[str]) -> str:
-    """A token name that clashes with none of `taken`, e.g. tl_ball for 'ball'."""
+    """A valid token name that clashes with none of `taken`, e.g. tl_ball for 'ball'.
+
+    It stays within TOKEN_MAX_LENGTH: the prefix and any counter take the place of the name's end.
+    """
     base = token if token.lower().startswith("tl_") else f"tl_{token}"
-    lowered = {word.lower() for word in taken}
-    candidate, counter = base, 2
-    while candidate.lower() in lowered:
-        candidate, counter = f"{base}_{counter}", counter + 1
+    candidate, counter = base[:TOKEN_MAX_LENGTH], 2
+    while any(_clash(candidate, word) for word in taken):
+        suffix = f"_{counter}"
+        candidate, counter = base[:TOKEN_MAX_LENGTH - len(suffix)] + suffix, counter + 1
     return candidate
 
 
