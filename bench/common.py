@@ -270,7 +270,12 @@ def result_record(name: str, data: dict[str, Any], device: torch.device | None =
 
 def write_result(name: str, data: dict[str, Any], device: torch.device | None = None,
                  out_dir: Path | None = None, argv: Sequence[str] | None = None) -> Path:
-    """Write bench/results/<name>.json (atomically) and return its path."""
+    """Write bench/results/<name>.json (atomically) and return its path.
+
+    A benchmark that set up ComfyUI records the attention it asked for and the kernel that ran, and
+    writes nothing when they differ (AttentionKernelError).
+    """
+    data = {**_attention_record(data), **data} if _asked_attention is not None else data
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
@@ -279,6 +284,15 @@ def write_result(name: str, data: dict[str, Any], device: torch.device | None = 
     tmp.write_text(json.dumps(record, indent=1, default=_json_default, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def _attention_record(data: dict[str, Any]) -> dict[str, str]:
+    """{"attention_asked", "attention_kernel"} of this process, checked against each other and the data."""
+    kernel = checked_attention_kernel()
+    stated = data.get("attention_kernel", kernel)
+    if stated != kernel:
+        raise AttentionKernelError(f"the result states attention kernel {stated}, but ComfyUI runs {kernel}.")
+    return {"attention_asked": str(_asked_attention), "attention_kernel": kernel}
 
 
 def _finite(value: Any) -> Any:
@@ -311,28 +325,59 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 ATTENTION_CHOICES = ("pytorch", "comfy-default")
+# The kernel each forced choice must give; "comfy-default" is whatever ComfyUI picks by itself here.
+ATTENTION_KERNELS = {"pytorch": "attention_pytorch"}
+_asked_attention: str | None = None  # what `boot` was asked for in this process
+
+
+class AttentionKernelError(RuntimeError):
+    """ComfyUI runs another attention kernel than the benchmark asked for, so its figures would be mislabelled."""
 
 
 def boot(attention: str = "pytorch") -> str:
-    """Make ComfyUI importable in this process (CPU unless a CUDA GPU is there); return the attention used.
+    """Make ComfyUI importable in this process (CPU unless a CUDA GPU is there); return the attention kernel.
 
     "pytorch" sets ComfyUI's own --use-pytorch-cross-attention, the SDPA kernel ComfyUI picks by
     itself on NVIDIA GPUs; "comfy-default" keeps what ComfyUI picks here (sub-quadratic attention
-    on a CPU). It only takes effect before ComfyUI's model management is first imported.
+    on a CPU). ComfyUI chooses when its model management is first imported, so the flag is set
+    before that; a process that imported ComfyUI earlier runs another kernel and is refused here
+    (and by `write_result`).
     """
+    global _asked_attention
     from headless.comfy_boot import boot_comfy
 
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention must be one of {ATTENTION_CHOICES}")
-    fresh = "comfy.model_management" not in sys.modules
-    boot_comfy()
-    if fresh and attention == "pytorch":
-        from comfy.cli_args import args
+    if _asked_attention not in (None, attention):
+        raise AttentionKernelError(f"this process already set up ComfyUI for attention '{_asked_attention}', "
+                                   f"so it cannot run '{attention}': start a new process.")
+    boot_comfy(pytorch_attention=attention == "pytorch")
+    _asked_attention = attention
+    return checked_attention_kernel()
 
-        args.use_pytorch_cross_attention = True
+
+def _boot_once() -> None:
+    """Boot with the default attention unless the benchmark already chose one."""
+    if _asked_attention is None:
+        boot()
+
+
+def attention_kernel() -> str:
+    """The kernel ComfyUI's attention layers run (every layer the pack does not capture)."""
     import comfy.ldm.modules.attention
 
     return comfy.ldm.modules.attention.optimized_attention.__name__
+
+
+def checked_attention_kernel() -> str:
+    """The kernel ComfyUI runs; AttentionKernelError when it is not the one `boot` was asked for."""
+    kernel = attention_kernel()
+    expected = ATTENTION_KERNELS.get(_asked_attention or "")
+    if expected is not None and kernel != expected:
+        raise AttentionKernelError(
+            f"asked for attention '{_asked_attention}' ({expected}) but ComfyUI runs {kernel}: ComfyUI chose its "
+            "kernel before the flag was set (was it imported before bench.common.boot?).")
+    return kernel
 
 
 def load_checkpoint(path: Path | None = None) -> tuple[Any, Any, Any]:
@@ -340,7 +385,7 @@ def load_checkpoint(path: Path | None = None) -> tuple[Any, Any, Any]:
 
     None loads the tiny random-weight SD1.5 checkpoint (built into .cache/ on first use).
     """
-    boot()
+    _boot_once()
     import comfy.sd
 
     from headless.tiny_model import ensure_tiny_checkpoint
@@ -375,7 +420,7 @@ def unet_patcher(unet_config: dict[str, Any], dtype: torch.dtype | None = torch.
     dtype None takes the weight dtype and manual cast ComfyUI would choose when loading it here.
     meta=True builds it on the meta device (shapes only, no memory, nothing can run).
     """
-    boot()
+    _boot_once()
     import comfy.model_detection
     import comfy.model_management as mm
     import comfy.model_patcher

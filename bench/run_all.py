@@ -1,4 +1,4 @@
-"""Run the CPU benchmark set at small sizes (13 minutes on 2 shared cores) and print where results went.
+"""Run the CPU benchmark set at small sizes (about 15 minutes on 2 shared cores) and print where results went.
 
 Each benchmark runs in its own process with OMP_NUM_THREADS=1 unless set already, so the numbers
 do not depend on how many cores the machine happens to share. The GPU benchmark (bench/gpu.py)

@@ -1,8 +1,9 @@
 """Import ComfyUI's libraries in-process (tests, fixture builders) without a GPU or a server.
 
-ComfyUI picks its device when `comfy.model_management` is first imported, and only falls back
-to the CPU when `args.cpu` is set; `nodes.py` also puts `comfy/` first on sys.path, which hides
-the top-level `utils` package unless it was imported before. This module does both in order.
+ComfyUI picks its device and its attention kernel when `comfy.model_management` is first imported
+(`nodes` imports it), and only falls back to the CPU when `args.cpu` is set; `nodes.py` also puts
+`comfy/` first on sys.path, which hides the top-level `utils` package unless it was imported before.
+This module sets those flags first, then imports in that order.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from .paths import require_comfyui
 _booted = False
 
 
-def boot_comfy(cpu: bool | None = None) -> None:
-    """Make `import comfy...`, `nodes`, `folder_paths` work in this process."""
+def boot_comfy(cpu: bool | None = None, pytorch_attention: bool = False) -> None:
+    """Make `import comfy...`, `nodes`, `folder_paths` work in this process.
+
+    `pytorch_attention` sets ComfyUI's own --use-pytorch-cross-attention (SDPA) before ComfyUI
+    chooses its kernel. Only the first call in a process decides; a later one changes nothing.
+    """
     global _booted
     if _booted:
         return
@@ -38,6 +43,8 @@ def boot_comfy(cpu: bool | None = None) -> None:
 
         cpu = not torch.cuda.is_available()
     args.cpu = bool(cpu)
+    if pytorch_attention:
+        args.use_pytorch_cross_attention = True
     import utils.extra_config  # noqa: F401  (must precede `nodes`, see module docstring)
 
     import nodes  # noqa: F401  (ComfyUI's nodes.py, cached now, whatever joins sys.path later)

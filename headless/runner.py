@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from textloc.data.set_folders import SAMPLE_PREFIX
+
 from .paths import SAMPLE_DATA_DIR
 from .server import ComfyServer, RunResult
 from .workflow import (
@@ -20,6 +22,7 @@ from .workflow import (
 from .world_settings import apply_world_settings
 
 CHECKPOINT_LOADERS = ("CheckpointLoaderSimple",)
+DATASET_LOADER = "TL_LoadMultiConceptDataset"
 IMAGE_FOLDERS = ("resized", "images")  # where a set in the paper's layout keeps its photos
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}  # as textloc.data.images reads
 
@@ -42,7 +45,7 @@ def input_sets(input_dir: Path) -> list[Path]:
     Both a folder of sets (like sample_data/) and one set folder are accepted, so pointing
     --input-dir at the set you want to use works as well as pointing it at its parent.
     """
-    folder = Path(input_dir)
+    folder = Path(input_dir).resolve()  # `--input-dir .` too has a name to copy the set under
     if not folder.is_dir():
         raise InputDirError(f"--input-dir {folder} is not a folder.")
     if is_data_set(folder):
@@ -54,6 +57,60 @@ def input_sets(input_dir: Path) -> list[Path]:
             f"{folder}/<set>/resized/*.png with <set>/mask_1/, <set>/mask_2/) or one set "
             f"({folder}/resized/*.png with {folder}/mask_1/..., or {folder}/*.png with *_mask_1.png files).")
     return sets
+
+
+def _loader_folders(prompt: dict[str, Any]) -> dict[str, str]:
+    """{node id: folder} of the prompt's dataset loaders that name their folder (not a link)."""
+    folders = {}
+    for node_id in nodes_of_type(prompt, DATASET_LOADER):
+        folder = prompt[node_id]["inputs"].get("folder")
+        if isinstance(folder, str):
+            folders[node_id] = folder.strip()
+    return folders
+
+
+def _is_sample(folder: str) -> bool:
+    return folder.startswith(SAMPLE_PREFIX.strip())
+
+
+def _is_input_name(folder: str) -> bool:
+    """A folder name that stays inside input/ (the loader refuses the others itself)."""
+    path = Path(folder)
+    return bool(folder) and not _is_sample(folder) and not path.is_absolute() and ".." not in path.parts
+
+
+def input_set_names(prompt: dict[str, Any], input_dir: Path | None) -> dict[str, Path]:
+    """{name in input/: set folder} for what the dataset loaders ask that --input-dir holds under another name.
+
+    One set given as --input-dir is copied under the one input/ folder name the loaders ask for (the
+    pack's `[sample]` sets are no such name). Where that name is not clear, or a folder of sets lacks a
+    name a loader asks for, InputDirError says which `--set NODE.folder=NAME` to add, one line each.
+    """
+    if input_dir is None:
+        return {}
+    sets = input_sets(input_dir)
+    loaders = _loader_folders(prompt)
+    names = {folder.name for folder in sets}
+    asked = {folder for folder in loaders.values() if _is_input_name(folder)}
+    if not is_data_set(Path(input_dir)):  # a folder of sets: each asked name must be one of them
+        missing = {node_id: folder for node_id, folder in loaders.items()
+                   if folder in asked and Path(folder).parts[0] not in names}
+        if missing:
+            raise InputDirError("\n".join(
+                f"node {node_id} ({DATASET_LOADER}) loads '{folder}', which --input-dir {input_dir} does not hold "
+                f"(it holds {', '.join(sorted(names))}); add --set {node_id}.folder=NAME with one of those."
+                for node_id, folder in missing.items()))
+        return {}
+    (given,) = sets
+    if not loaders or given.name in loaders.values():
+        return {}
+    if len(asked) == 1:
+        return {asked.pop(): given}
+    raise InputDirError("\n".join(
+        f"node {node_id} ({DATASET_LOADER}) loads '{folder}'"
+        + (" (one of the pack's sample sets)" if _is_sample(folder) else "")
+        + f", not the set --input-dir {input_dir} gives; add --set {node_id}.folder={given.name} to load it there."
+        for node_id, folder in loaders.items()))
 
 
 def default_checkpoint() -> Path:
@@ -136,6 +193,8 @@ def run_workflow_file(workflow_path: Path, out_dir: Path, checkpoint: Path | Non
         if world_settings is None:
             world_settings = name is None or name == default_checkpoint().name
         prompt = build_prompt(server, workflow, overrides, checkpoint_name=name, world_settings=world_settings)
+        for set_name, folder in input_set_names(prompt, input_dir).items():  # before anything is queued
+            server.add_input(folder, set_name)
         result = server.run(prompt, timeout=timeout, workflow=workflow)
         return result, collect_outputs(server, result, out_dir)
     finally:

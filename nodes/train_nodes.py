@@ -20,6 +20,7 @@ from ..textloc.config import (
     GUIDANCE_MODES,
     PRECISIONS,
     TrainConfig,
+    WidgetRule,
     legacy_settings,
 )
 from ..textloc.errors import TLInputError
@@ -119,11 +120,23 @@ class TrainTextualLocalization(io.ComfyNode):
 
 
 def _old_layout_settings(prompt: object, node_id: object) -> dict[str, object]:
-    """Expert settings that an API prompt of the first layout gives the training node itself."""
+    """Expert settings that an API prompt of the first layout gives the training node itself, checked
+    against TL Training Options' widgets (ComfyUI checks only the inputs a node declares)."""
     if not isinstance(prompt, dict) or str(node_id) not in prompt:
         return {}
     inputs = prompt[str(node_id)].get("inputs", {})
-    return legacy_settings(inputs) if isinstance(inputs, dict) else {}
+    return legacy_settings(inputs, _options_widget_rules()) if isinstance(inputs, dict) else {}
+
+
+def _options_widget_rules() -> dict[str, WidgetRule]:
+    """TL Training Options' widgets as ComfyUI's validation reads them: type, min/max, dropdown list."""
+    rules = {}
+    for name, (kind, spec) in TrainingOptions.INPUT_TYPES()["required"].items():
+        if isinstance(kind, list):  # the older spelling of a dropdown: the list itself
+            kind, spec = "COMBO", {**spec, "options": kind}
+        rules[name] = WidgetRule(kind=kind, minimum=spec.get("min"), maximum=spec.get("max"),
+                                 options=tuple(spec.get("options", ())))
+    return rules
 
 
 class TrainingOptions(io.ComfyNode):

@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for images and written files")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the shapes-world model)")
     parser.add_argument("--input-dir", type=Path,
-                        help="folder whose sub-folders become ComfyUI's input/, or one set folder "
-                             "(default: sample_data/)")
+                        help="folder whose sub-folders become ComfyUI's input/, or one set folder, copied "
+                             "under the folder name the workflow's dataset node asks for (default: sample_data/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE_ID.INPUT=VALUE",
                         help="override an input of a node (repeatable); VALUE is JSON or a string")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before giving up")

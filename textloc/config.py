@@ -8,7 +8,7 @@ checkpoints every 50 / 100 steps, and the learning rate their --scale_lr gives o
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -27,6 +27,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 BASE_LEARNING_RATE = 1e-5
 DEFAULT_PROMPT = "photo of {concepts}"
 DEFAULT_CONCEPT_PHRASE = "a {token} {class}"
+TOKEN_MAX_LENGTH = 64  # a token becomes a file name and `embedding:NAME` in prompts
 
 
 @dataclass(frozen=True)
@@ -107,21 +108,61 @@ LEGACY_TRAIN_NODE_WIDGETS: tuple[str, ...] = (
     "prompt", "concept_phrase", "weight_decay", "grad_clip", "preview_every", "attention_size")
 
 
-def legacy_settings(node_inputs: dict[str, object]) -> dict[str, object]:
-    """The expert settings an API prompt of the old layout gives the training node itself, typed as
-    TrainConfig's fields (those prompts name them as the node's own inputs)."""
-    defaults = TrainConfig()
+@dataclass(frozen=True)
+class WidgetRule:
+    """What one widget of TL Training Options accepts, as ComfyUI checks a widget's value: its type, its
+    range (numbers) or its list (dropdowns). Values mapped over from an older prompt get the same checks."""
+
+    kind: str  # "INT", "FLOAT", "STRING", "BOOLEAN" or "COMBO"
+    minimum: float | None = None
+    maximum: float | None = None
+    options: tuple[str, ...] = ()
+
+
+_CONVERTERS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}  # as ComfyUI converts widget values
+_KIND_WORDS = {"INT": "a whole number", "FLOAT": "a number"}  # the kinds whose conversion can fail
+_OLD_PROMPT = "from an older prompt (set on the training node itself)"
+_OLD_PROMPT_FIX = "or move the setting to a TL Training Options node."
+
+
+def _allowed_range(rule: WidgetRule) -> str:
+    if rule.minimum is not None and rule.maximum is not None:
+        return f"from {rule.minimum} to {rule.maximum}"
+    return f"of at least {rule.minimum}" if rule.minimum is not None else f"of at most {rule.maximum}"
+
+
+def _check_old_prompt_value(name: str, value: object, rule: WidgetRule) -> object:
+    """`value` converted to the widget's type; refused, naming the input, where the widget would refuse it."""
+    if rule.kind == "COMBO":
+        if value not in rule.options:
+            raise TLInputError(name, f"'{value}' {_OLD_PROMPT} is not one of its choices.",
+                               f"choose one of {', '.join(rule.options)}, {_OLD_PROMPT_FIX}")
+        return value
+    try:
+        converted = _CONVERTERS[rule.kind](value)
+    except (TypeError, ValueError, OverflowError):
+        raise TLInputError(name, f"'{value}' {_OLD_PROMPT} is not {_KIND_WORDS.get(rule.kind, rule.kind)}.",
+                           f"fix the value, {_OLD_PROMPT_FIX}") from None
+    if rule.minimum is not None and not converted >= rule.minimum:  # `not >=` also refuses NaN
+        raise TLInputError(name, f"{converted} {_OLD_PROMPT} is below TL Training Options' minimum of "
+                           f"{rule.minimum}.", f"use a value {_allowed_range(rule)}, {_OLD_PROMPT_FIX}")
+    if rule.maximum is not None and not converted <= rule.maximum:
+        raise TLInputError(name, f"{converted} {_OLD_PROMPT} is above TL Training Options' maximum of "
+                           f"{rule.maximum}.", f"use a value {_allowed_range(rule)}, {_OLD_PROMPT_FIX}")
+    return converted
+
+
+def legacy_settings(node_inputs: dict[str, object], rules: Mapping[str, WidgetRule]) -> dict[str, object]:
+    """The expert settings an API prompt of the old layout gives the training node itself.
+
+    Those prompts name them as the node's own inputs, which ComfyUI does not check (the node no longer
+    declares them), so each value gets the checks of its TL Training Options widget (`rules`) here.
+    """
     settings: dict[str, object] = {}
     for name in TRAINING_OPTIONS_WIDGETS:
         if name not in node_inputs or isinstance(node_inputs[name], list):  # a list is a link: not a value
             continue
-        default, value = getattr(defaults, name), node_inputs[name]
-        try:
-            settings[name] = (value if isinstance(default, str) else
-                              bool(value) if isinstance(default, bool) else type(default)(value))
-        except (TypeError, ValueError):
-            raise TLInputError(name, f"'{value}' from an older prompt is not a {type(default).__name__}.",
-                               "fix the value, or move the setting to a TL Training Options node.") from None
+        settings[name] = _check_old_prompt_value(name, node_inputs[name], rules[name])
     return settings
 
 
@@ -148,12 +189,15 @@ def prompt_words(text: str) -> list[str]:
 
 
 def suggest_token(token: str, taken: Sequence[str]) -> str:
-    """A token name that clashes with none of `taken`, e.g. tl_ball for 'ball'."""
+    """A valid token name that clashes with none of `taken`, e.g. tl_ball for 'ball'.
+
+    It stays within TOKEN_MAX_LENGTH: the prefix and any counter take the place of the name's end.
+    """
     base = token if token.lower().startswith("tl_") else f"tl_{token}"
-    lowered = {word.lower() for word in taken}
-    candidate, counter = base, 2
-    while candidate.lower() in lowered:
-        candidate, counter = f"{base}_{counter}", counter + 1
+    candidate, counter = base[:TOKEN_MAX_LENGTH], 2
+    while any(_clash(candidate, word) for word in taken):
+        suffix = f"_{counter}"
+        candidate, counter = base[:TOKEN_MAX_LENGTH - len(suffix)] + suffix, counter + 1
     return candidate
 
 

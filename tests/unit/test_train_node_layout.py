@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from tl_assertions import expect_user_error
 
 from headless.paths import REPO_ROOT
 from headless.workflow_migration import OPTIONS_NODE, TRAIN_NODE, migrate_workflow
@@ -23,9 +24,9 @@ from textloc.config import (
     TRAIN_NODE_WIDGETS,
     TRAINING_OPTIONS_WIDGETS,
     TrainConfig,
+    WidgetRule,
     legacy_settings,
 )
-from textloc.errors import TLInputError
 
 FIXTURES = sorted((REPO_ROOT / "tests" / "fixtures" / "first_layout_workflows").glob("*.json"))
 LAYOUT_JS = REPO_ROOT / "web" / "js" / "train_node_layout.js"
@@ -106,13 +107,36 @@ def test_the_editor_extension_maps_a_file_exactly_like_the_converter(path: Path,
     assert _run_editor_migration(_load(path), tmp_path) == migrate_workflow(_load(path))
 
 
+# A few of TL Training Options' widgets as its schema declares them (the node reads them from the schema).
+RULES = {
+    "learning_rate": WidgetRule("FLOAT", 0.0, 0.1),
+    "batch_size": WidgetRule("INT", 0, 64),
+    "train_q": WidgetRule("BOOLEAN"),
+    "prompt": WidgetRule("STRING"),
+    "precision": WidgetRule("COMBO", options=("auto", "fp32", "bf16", "fp16")),
+}
+
+
 def test_old_prompt_inputs_are_typed_like_the_settings() -> None:
     settings = legacy_settings({"learning_rate": "0.0003", "train_q": 1, "prompt": "photo of {concepts}",
-                                "model": ["1", 0], "unknown": 3})
-    assert settings == {"learning_rate": 3e-4, "train_q": True, "prompt": "photo of {concepts}"}
-    with pytest.raises(TLInputError) as err:
-        legacy_settings({"batch_size": "two"})
-    assert err.value.what == "batch_size"
+                                "batch_size": 2.0, "precision": "fp32", "model": ["1", 0], "unknown": 3}, RULES)
+    assert settings == {"learning_rate": 3e-4, "train_q": True, "prompt": "photo of {concepts}", "batch_size": 2,
+                        "precision": "fp32"}
+    assert type(settings["batch_size"]) is int
+    expect_user_error(lambda: legacy_settings({"batch_size": "two"}, RULES), "batch_size", "'two'", "whole number")
+
+
+@pytest.mark.parametrize(("inputs", "names"), [
+    ({"learning_rate": 1000}, ("learning_rate", "1000", "maximum of 0.1", "from 0.0 to 0.1")),
+    ({"learning_rate": float("nan")}, ("learning_rate", "nan")),
+    ({"batch_size": -1}, ("batch_size", "-1", "minimum of 0", "from 0 to 64")),
+    ({"batch_size": 65}, ("batch_size", "65", "maximum of 64")),
+    ({"precision": "fp64"}, ("precision", "'fp64'", "auto, fp32, bf16, fp16")),
+])
+def test_old_prompt_inputs_get_the_widgets_range_and_list_checks(inputs: dict, names: tuple[str, ...]) -> None:
+    """ComfyUI checks only the inputs a node declares: the old names on the training node pass unchecked."""
+    message = expect_user_error(lambda: legacy_settings(inputs, RULES), *names)
+    assert message.startswith(f"{next(iter(inputs))}: ") and "TL Training Options" in message
 
 
 def _run_editor_migration(workflow: dict, tmp_path: Path) -> dict:

@@ -8,14 +8,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from tl_assertions import expect_user_error as _user_error
 
-from textloc.config import TrainConfig, check_token_clashes, instance_prompt
-from textloc.data.dataset import Concept, MultiConceptDataset
+from textloc.config import TOKEN_MAX_LENGTH, TrainConfig, check_token_clashes, instance_prompt
+from textloc.data.dataset import Concept, MultiConceptDataset, validate_token_name
 from textloc.training.loop import TrainingJob, TrainingStopped, stop_if_not_finite, train
 from textloc.training.run_files import RunFiles, plan_run
 from textloc.weights.files import STATE_FILE, checkpoint_dir_name
@@ -76,6 +77,20 @@ def test_a_token_clashing_with_another_concept_is_refused() -> None:
 def test_a_token_inside_another_word_is_refused() -> None:
     """Every place the token's text occurs would become the vector, also inside 'ball'."""
     _user_error(lambda: instance_prompt(TrainConfig(), [("all", "ball")]), "'all' is part of 'ball'")
+
+
+LONGEST = "tl_" + "x" * (TOKEN_MAX_LENGTH - 3)
+
+
+@pytest.mark.parametrize("concepts", [
+    [("b" * TOKEN_MAX_LENGTH, "b" * TOKEN_MAX_LENGTH)],  # the longest token, equal to its class word
+    [(LONGEST, "ball"), (LONGEST.upper(), "box")],  # the longest token twice: the counter must fit too
+], ids=["prefix", "counter"])
+def test_a_suggested_token_stays_within_the_length_limit(concepts: list[tuple[str, str]]) -> None:
+    message = _user_error(lambda: instance_prompt(TrainConfig(), concepts), "rename the token")
+    suggestion = re.search(r"rename the token, e\.g\. (\w+)", message).group(1)
+    assert len(suggestion) <= TOKEN_MAX_LENGTH and validate_token_name(suggestion) == suggestion
+    check_token_clashes([*concepts[:-1], (suggestion, concepts[-1][1])])  # and it clashes with nothing
 
 
 def test_good_tokens_keep_working() -> None:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import textloc
 from textloc.errors import TLInputError
-from textloc.training.run_files import RunFiles, plan_run
+from textloc.training.run_files import RunFiles, plan_run, resumable_runs
 from textloc.weights import files as weights
 
 KEY_K = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
@@ -449,6 +449,89 @@ def test_resume_repairs_its_own_run_only(tmp_path: Path) -> None:
     assert _files(folders["killed"]) == ["checkpoint-000005"]
     assert _files(folders["other"]) == ["checkpoint-000005.old.tmp", "checkpoint-000005.tmp",
                                         "checkpoint-000009.tmp"]
+
+
+@pytest.mark.parametrize("new_is_complete", [True, False])
+def test_a_run_killed_between_the_renames_is_listed_as_resumable_before_it_is_resumed(
+        tmp_path: Path, new_is_complete: bool) -> None:
+    """Its step has no folder under its own name until resume repairs it, yet resuming it works."""
+    killed = RunFiles("killed", tmp_path).checkpoints_dir
+    killed.mkdir(parents=True)
+    _killed_between_the_renames(killed, new_is_complete)
+    unfinished = RunFiles("unfinished", tmp_path).checkpoints_dir
+    (unfinished / "checkpoint-000003.tmp").mkdir(parents=True)  # killed in its first save: nothing to resume
+    before = _files(killed)
+    assert resumable_runs(tmp_path) == ["killed"]
+    assert _files(killed) == before  # listing moves nothing (a training may be writing that folder)
+    with pytest.raises(TLInputError, match="runs that exist: killed "):
+        plan_run(tmp_path, "kiled", resume=True)
+    assert plan_run(tmp_path, "killed", resume=True)[1] == killed / "checkpoint-000005"
+
+
+@pytest.fixture()
+def disk_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[int, int], Path | None]]:
+    """Every fsync and os.replace, in order, with the inode each one concerns (the real calls still run).
+
+    Inodes survive renames, so a flush of a temporary file or folder can be matched to its final name.
+    """
+    log: list[tuple[str, tuple[int, int], Path | None]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        stat = os.fstat(fd)
+        log.append(("fsync", (stat.st_dev, stat.st_ino), None))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str], **kwargs: object) -> None:
+        stat = os.stat(src)
+        log.append(("replace", (stat.st_dev, stat.st_ino), Path(dst)))
+        real_replace(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return log
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _final_rename(log: list[tuple[str, tuple[int, int], Path | None]], final: Path) -> int:
+    (index,) = [i for i, (kind, _, dst) in enumerate(log) if kind == "replace" and dst == final]
+    return index
+
+
+def _flushed(log: list[tuple[str, tuple[int, int], Path | None]], start: int, stop: int) -> set[tuple[int, int]]:
+    return {inode for kind, inode, _ in log[start:stop] if kind == "fsync"}
+
+
+@pytest.mark.skipif(os.name == "nt", reason="folders are not flushed on Windows (NTFS journals renames)")
+def test_a_weights_file_is_on_the_disk_before_its_final_name_and_the_name_after(
+        tmp_path: Path, disk_log: list) -> None:
+    """A power cut then leaves the old file or the complete new one, never a name without its data."""
+    path = tmp_path / "loras" / "run.safetensors"
+    for _ in range(2):  # the first write, then a replacement
+        disk_log.clear()
+        weights.save_kv_deltas(path, _deltas(), weights.build_metadata(steps=1))
+        rename = _final_rename(disk_log, path)
+        assert _inode(path) in _flushed(disk_log, 0, rename)
+        assert _inode(path.parent) in _flushed(disk_log, rename + 1, len(disk_log))
+
+
+@pytest.mark.skipif(os.name == "nt", reason="folders are not flushed on Windows (NTFS journals renames)")
+def test_a_checkpoint_is_on_the_disk_before_its_final_name_and_the_name_after(
+        tmp_path: Path, disk_log: list) -> None:
+    run = _Run()
+    run.step()
+    for _ in range(2):  # a new step, then the same step saved again (the old folder is moved aside)
+        disk_log.clear()
+        folder = run.save(tmp_path, 1)
+        rename = _final_rename(disk_log, folder)
+        written = [folder, *folder.rglob("*")]  # every file and folder of the checkpoint, itself included
+        assert len(written) == 5
+        assert {_inode(p) for p in written} <= _flushed(disk_log, 0, rename)
+        assert _inode(tmp_path) in _flushed(disk_log, rename + 1, len(disk_log))
 
 
 def test_restore_optimizer_refuses_other_parameters(tmp_path: Path) -> None:

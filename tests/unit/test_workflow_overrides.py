@@ -12,7 +12,7 @@ import pytest
 
 from headless import runner
 from headless.paths import REPO_ROOT, SAMPLE_DATA_DIR, WORKFLOWS_DIR
-from headless.runner import InputDirError, build_prompt, input_sets, run_workflow_file
+from headless.runner import InputDirError, build_prompt, input_set_names, input_sets, run_workflow_file
 from headless.workflow import (
     WorkflowFormatError,
     apply_overrides,
@@ -222,6 +222,53 @@ def test_a_folder_without_sets_says_what_it_expects(tmp_path: Path) -> None:
     assert "resized/*.png" in str(err.value) and "*_mask_1.png" in str(err.value)
     with pytest.raises(InputDirError, match="is not a folder"):
         input_sets(tmp_path / "missing")
+
+
+def _one_set(folder: Path) -> Path:
+    _touch(folder / "resized" / "01.png", folder / "mask_1" / "01.png")
+    return folder
+
+
+def test_one_set_is_used_under_the_folder_name_the_workflow_asks_for(tmp_path: Path, prompt: dict[str, Any]) -> None:
+    my_set = _one_set(tmp_path / "my_set")
+    apply_overrides(prompt, ["1.folder=photos"], OBJECT_INFO)
+    assert input_set_names(prompt, my_set) == {"photos": my_set}
+    apply_overrides(prompt, ["1.folder=my_set"], OBJECT_INFO)  # already its own name
+    assert input_set_names(prompt, my_set) == {}
+    assert input_set_names(prompt, None) == {}  # the sample sets, as before
+
+
+def test_one_set_where_the_workflow_loads_a_sample_set_says_which_set_to_add(
+        tmp_path: Path, prompt: dict[str, Any]) -> None:
+    assert prompt["1"]["inputs"]["folder"] == "[sample] shapes_pair"
+    with pytest.raises(InputDirError) as err:
+        input_set_names(prompt, _one_set(tmp_path / "my_set"))
+    assert str(err.value) == (
+        "node 1 (TL_LoadMultiConceptDataset) loads '[sample] shapes_pair' (one of the pack's sample sets), not the "
+        f"set --input-dir {tmp_path / 'my_set'} gives; add --set 1.folder=my_set to load it there.")
+
+
+def test_one_set_and_two_loaders_asking_two_names_get_one_line_each(tmp_path: Path, prompt: dict[str, Any]) -> None:
+    prompt["9"] = copy.deepcopy(prompt["1"])
+    prompt["1"]["inputs"]["folder"], prompt["9"]["inputs"]["folder"] = "photos", "more_photos"
+    with pytest.raises(InputDirError) as err:
+        input_set_names(prompt, _one_set(tmp_path / "my_set"))
+    lines = str(err.value).splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["node 1", "node 9"]
+    assert lines[1].endswith("add --set 9.folder=my_set to load it there.")
+
+
+def test_a_folder_of_sets_lacking_the_asked_name_lists_the_sets_it_holds(
+        tmp_path: Path, prompt: dict[str, Any]) -> None:
+    _one_set(tmp_path / "sets" / "a_set")
+    _one_set(tmp_path / "sets" / "b_set")
+    apply_overrides(prompt, ["1.folder=photos"], OBJECT_INFO)
+    with pytest.raises(InputDirError, match="node 1 \\(TL_LoadMultiConceptDataset\\) loads 'photos', which "
+                                            "--input-dir .* does not hold \\(it holds a_set, b_set\\); add --set "
+                                            "1.folder=NAME with one of those."):
+        input_set_names(prompt, tmp_path / "sets")
+    apply_overrides(prompt, ["1.folder=b_set"], OBJECT_INFO)
+    assert input_set_names(prompt, tmp_path / "sets") == {}
 
 
 # The training node and its options, as /object_info describes them (only what the checks read).

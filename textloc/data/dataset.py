@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from kornia.geometry.transform import resize
 
-from ..config import check_token_clashes
+from ..config import TOKEN_MAX_LENGTH, check_token_clashes
 from ..errors import TLInputError
 from ..weights.files import file_stamp
 from .images import SUPPORTED_EXTENSIONS, is_supported_image, read_image_rgb, read_mask
@@ -31,7 +31,7 @@ from .masks import binarize, check_mask_coverage, feather, grow
 from .set_folders import SetFolder, resolve_set_folder
 
 IMAGE_FOLDERS: tuple[str, ...] = ("resized", "images")
-_TOKEN_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+_TOKEN_RE = re.compile(rf"[A-Za-z][A-Za-z0-9_]{{0,{TOKEN_MAX_LENGTH - 1}}}")
 _MASK_FOLDER_RE = re.compile(r"mask(?:_(\d+))?", re.IGNORECASE)
 _FLAT_MASK_RE = re.compile(r"(.+)_mask(?:_(\d+))?", re.IGNORECASE)
 _LAYOUTS = (
@@ -52,7 +52,7 @@ def validate_token_name(name: str, input_name: str = "token") -> str:
         raise TLInputError(
             input_name,
             f"{name!r} is not a valid token name: it must be one word of letters, digits and "
-            "underscores, start with a letter and have at most 64 characters.",
+            f"underscores, start with a letter and have at most {TOKEN_MAX_LENGTH} characters.",
             "use a name such as tl_doll or tl_red_ball.",
         )
     return text

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TLInputError
-from ..weights.files import latest_checkpoint, repair_checkpoints
+from ..weights.files import has_checkpoint_to_resume, latest_checkpoint, repair_checkpoints
 
 PACK_FOLDER = "textual_localization"
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
@@ -71,12 +71,13 @@ class RunFiles:
 
 
 def resumable_runs(output_dir: Path) -> list[str]:
-    """Names of the runs under output/textual_localization/ that have a checkpoint to resume from."""
+    """Names of the runs under output/textual_localization/ that have a checkpoint to resume from,
+    including a run killed between the two renames of a checkpoint (resuming it repairs that first)."""
     root = Path(output_dir) / PACK_FOLDER
     if not root.is_dir():
         return []
     return sorted(child.name for child in root.iterdir()
-                  if child.is_dir() and latest_checkpoint(RunFiles(child.name, output_dir).checkpoints_dir))
+                  if child.is_dir() and has_checkpoint_to_resume(RunFiles(child.name, output_dir).checkpoints_dir))
 
 
 def plan_run(output_dir: Path, name: str, resume: bool) -> tuple[RunFiles, Path | None]:

@@ -6,6 +6,10 @@ renamed. A cancelled or crashed run therefore never leaves a half-written file u
 a killed process leaves behind (those `.tmp` files and folders) is removed when the same file is written
 again or the run is resumed (`remove_killed_writes`, `repair_checkpoints`).
 
+A power cut is covered too: the new content is flushed to the disk (fsync of the file, and of the folders
+of a checkpoint) before it is renamed into place, and the folder that holds the final name is flushed
+after the rename, so the disk holds the old or the new version, never a renamed file without its data.
+
 K/V deltas use the key spelling the stock ComfyUI LoRA loader understands as a "diff" patch:
 `diffusion_model.<module path>.diff`, where the module path is the model key without `.weight`
 (e.g. `diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.diff`). The loader then adds
@@ -150,18 +154,45 @@ def remove_killed_writes(path: Path) -> list[Path]:
     return removed
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk, so that a rename after it never outlives its content."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows flushes only writable handles
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(path: Path) -> None:
+    """Flush a folder's entries (names created or renamed in it) to the disk.
+
+    Windows cannot open a folder for this; NTFS journals its renames itself.
+    """
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; move it over `path` only if the body succeeds.
 
-    Writing a file again also removes the leftovers of earlier writes of it that were killed midway.
+    The new content is flushed to the disk before the rename and the folder after it, so a power cut
+    leaves the old or the new file. Writing a file again also removes the leftovers of earlier writes
+    of it that were killed midway.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_killed_writes(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
         yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -528,14 +559,24 @@ def save_training_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_tree(tmp)  # every file and folder of the new checkpoint is on the disk before it gets its name
     old = None
     if final.exists():  # a directory cannot be replaced in one step: a kill here is undone by repair_checkpoints
         old = final.with_name(final.name + OLD_SUFFIX + TMP_SUFFIX)
         os.replace(final, old)
     os.replace(tmp, final)
+    fsync_folder(folder)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under `root`, and `root` itself, to the disk."""
+    for current, _, file_names in os.walk(root, topdown=False):
+        for name in file_names:
+            fsync_file(Path(current) / name)
+        fsync_folder(Path(current))
 
 
 def load_training_checkpoint(folder: Path) -> TrainingCheckpoint:
@@ -634,6 +675,33 @@ def _is_complete_checkpoint(folder: Path) -> bool:
     return (folder / STATE_FILE).is_file()
 
 
+def _checkpoint_leftovers(folder: Path) -> dict[Path, re.Match[str]]:
+    """The `checkpoint-<step>.tmp` and `.old.tmp` folders in a checkpoints folder, with their name matches."""
+    if not folder.is_dir():
+        return {}
+    return {child: match for child in sorted(folder.iterdir())
+            if child.is_dir() and (match := CHECKPOINT_TMP_RE.match(child.name))}
+
+
+def _interrupted_replacements(folder: Path) -> dict[Path, Path]:
+    """{missing `checkpoint-<step>`: the complete folder that goes back under that name} for every step
+    whose re-save was killed between its two renames (the old folder moved aside, the new one not yet in place).
+
+    The new folder wins when it is complete, else the old one. Nothing is moved here.
+    """
+    restorable: dict[Path, Path] = {}
+    for child, match in _checkpoint_leftovers(folder).items():
+        final = folder / match.group(1)
+        if not match.group(2) or final.exists():
+            continue
+        new = final.with_name(final.name + TMP_SUFFIX)
+        if _is_complete_checkpoint(new):
+            restorable[final] = new
+        elif _is_complete_checkpoint(child):
+            restorable[final] = child
+    return restorable
+
+
 def repair_checkpoints(checkpoints_dir: Path) -> None:
     """Finish or undo what a killed `save_training_checkpoint` left in a folder, and remove its leftovers.
 
@@ -644,21 +712,23 @@ def repair_checkpoints(checkpoints_dir: Path) -> None:
     Only this run's checkpoint folder is touched.
     """
     folder = Path(checkpoints_dir)
-    if not folder.is_dir():
-        return
-    leftovers = {child: match for child in sorted(folder.iterdir())
-                 if child.is_dir() and (match := CHECKPOINT_TMP_RE.match(child.name))}
-    for child, match in leftovers.items():
-        final = folder / match.group(1)
-        if match.group(2) and not final.exists():  # killed between the two renames
-            new = final.with_name(final.name + TMP_SUFFIX)
-            if _is_complete_checkpoint(new):
-                os.replace(new, final)
-            elif _is_complete_checkpoint(child):
-                os.replace(child, final)
+    leftovers = _checkpoint_leftovers(folder)
+    restored = _interrupted_replacements(folder)
+    for final, source in restored.items():
+        os.replace(source, final)
+    if restored:
+        fsync_folder(folder)
     for child in leftovers:
         if child.exists():
             shutil.rmtree(child, ignore_errors=True)
+
+
+def has_checkpoint_to_resume(checkpoints_dir: Path) -> bool:
+    """Whether resuming would find a checkpoint: a complete one, or one that `repair_checkpoints` puts
+    back (a re-save killed between its two renames). Read-only, so listing runs never moves a folder
+    that a running training may be writing."""
+    folder = Path(checkpoints_dir)
+    return latest_checkpoint(folder) is not None or bool(_interrupted_replacements(folder))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
