@@ -107,20 +107,22 @@ def test_the_archive_leaves_out_what_users_do_not_need(archive: Path, package_so
 
 
 def test_the_archive_installs_into_a_stock_comfyui_and_every_node_loads(archive: Path, tmp_path: Path) -> None:
-    pack_dir = tmp_path / "custom_nodes" / PACK_DIR_NAME
+    """Unpacked where the registry's installers put it: custom_nodes/<node id>, the pyproject name."""
+    node_id = tomlkit.parse((REPO_ROOT / "pyproject.toml").read_text())["project"]["name"]
+    pack_dir = tmp_path / "custom_nodes" / node_id
     with zipfile.ZipFile(archive) as packed:
         packed.extractall(pack_dir)
     declared = set(re.findall(r'node_id="(TL_\w+)"', "".join(
         p.read_text() for p in (pack_dir / "nodes").glob("*.py"))))
     assert len(declared) >= 9
-    server = ComfyServer(base_dir=tmp_path)  # the folder holds the unpacked archive, so nothing is linked
-    assert not pack_dir.is_symlink()
+    server = ComfyServer(base_dir=tmp_path, link_pack=False)  # custom_nodes/ holds the archive alone
+    assert [p.name for p in (tmp_path / "custom_nodes").iterdir()] == [node_id]
     with server:
         info = server.object_info()
         extensions = server.get_json("/extensions")
     log = server.log_tail(200_000)
     assert declared <= set(info), (sorted(declared - set(info)), log[-3000:])
-    assert {info[node]["python_module"] for node in declared} == {f"custom_nodes.{PACK_DIR_NAME}"}
-    assert any(e.startswith(f"/extensions/{PACK_DIR_NAME}/") for e in extensions), extensions
+    assert {info[node]["python_module"] for node in declared} == {f"custom_nodes.{node_id}"}
+    assert any(e.startswith(f"/extensions/{node_id}/") for e in extensions), extensions
     # ComfyUI's "Import times for custom nodes" line of the pack: loaded from the archive's folder, no failure
     assert re.search(rf"seconds: {re.escape(str(pack_dir))}$", log, re.MULTILINE), log[-3000:]
