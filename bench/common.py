@@ -42,6 +42,25 @@ SD15_UNET_CONFIG: dict[str, Any] = {
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
 }
 
+# SD2.x: SD1.5's layout with OpenCLIP-H's 1024-wide text, linear projections and 64-channel heads.
+SD2_UNET_CONFIG: dict[str, Any] = {
+    **SD15_UNET_CONFIG,
+    "context_dim": 1024,
+    "use_linear_in_transformer": True,
+    "num_heads": -1,
+    "num_head_channels": 64,
+}
+
+# SDXL base (as model detection reads it from the checkpoint): three levels, 2048-wide text of CLIP-L + bigG.
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
+    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
 # SD1.5's widths, heads and attention levels (maps at 64, 32, 16 and 8 at 512 px), one res block
 # per level instead of two: the same attention shapes at about half the compute.
 SD15_REDUCED_UNET_CONFIG: dict[str, Any] = {
@@ -413,7 +432,7 @@ def _init_(module: torch.nn.Module, generator: torch.Generator) -> None:
 
 def unet_patcher(unet_config: dict[str, Any], dtype: torch.dtype | None = torch.float32, seed: int = 0,
                  meta: bool = False) -> Any:
-    """A ModelPatcher of an SD1.x-family UNet built by ComfyUI's own classes at random init.
+    """A ModelPatcher of a UNet (an SD1.x, SD2.x or SDXL config) built by ComfyUI's classes at random init.
 
     ComfyUI's model detection picks the model config (SD15 for SD1.5's fixed fields), its
     BaseModel wraps the UNetModel, and ModelPatcher manages it as for a loaded checkpoint.

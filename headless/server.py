@@ -83,6 +83,7 @@ class ComfyServer:
         extra_args: list[str] | None = None,
         cpu: bool | None = None,
         env: dict[str, str] | None = None,
+        link_pack: bool = True,
     ) -> None:
         self.comfy_dir = require_comfyui()
         self._own_base = base_dir is None
@@ -93,6 +94,7 @@ class ComfyServer:
         self.cpu = _cpu_only() if cpu is None else cpu
         self.extra_args = extra_args or []
         self.env = env or {}  # extra environment of the server process (e.g. PYTHONPATH for fault injection)
+        self.link_pack = link_pack  # False: custom_nodes/ holds only what the caller put there (an installed archive)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.base_dir / "server.log"
         self._prepare_base(checkpoints or [], input_dirs or [])
@@ -103,7 +105,7 @@ class ComfyServer:
                     "input", "output", "temp", "user"):
             (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
         pack_link = self.base_dir / "custom_nodes" / PACK_DIR_NAME
-        if not pack_link.exists():
+        if self.link_pack and not pack_link.exists():
             pack_link.symlink_to(REPO_ROOT, target_is_directory=True)
         for ckpt in checkpoints:
             self.add_checkpoint(ckpt)

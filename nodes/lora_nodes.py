@@ -45,8 +45,8 @@ class ExportTLLoRA(io.ComfyNode):
                     max=MAX_RANK,
                     tooltip=(
                         "LoRA rank: how many singular directions of each delta are kept. Higher = closer to the "
-                        "trained deltas and a bigger file; a rank at or above a layer's smaller side (320 on "
-                        "SD1.5's first blocks) keeps that layer exact. 16 is the usual size."
+                        "trained deltas and a bigger file; a rank at or above a layer's smaller side keeps that "
+                        "layer exact (every layer: 768 on SD1.x, 1024 on SD2.x, 1280 on SDXL). 16 is the usual size."
                     ),
                 ),
                 io.String.Input(

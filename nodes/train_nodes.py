@@ -26,6 +26,7 @@ from ..textloc.config import (
 from ..textloc.errors import TLInputError
 from ..textloc.training.loop import TrainingJob, train
 from ..textloc.training.run_files import plan_run
+from ..textloc.weights.lora_export import MAX_RANK
 from .common import CATEGORY_ROOT, DATASET_TYPE, OPTIONS_TYPE, RESULT_TYPE
 
 log = logging.getLogger(__name__)
@@ -200,10 +201,11 @@ class TrainingOptions(io.ComfyNode):
                 io.Int.Input("attention_size", default=DEFAULTS.attention_size, min=0, max=1024, step=8, tooltip=(
                     "Side of the maps compared with the masks. 0 = auto: half the image size, at most 256 "
                     "(the paper: 256 at 512 px).")),
-                io.Int.Input("lora_rank", default=DEFAULTS.lora_rank, min=0, max=768, tooltip=(
+                io.Int.Input("lora_rank", default=DEFAULTS.lora_rank, min=0, max=MAX_RANK, tooltip=(
                     "Also write the K/V deltas as a standard LoRA of this rank (kohya keys: ComfyUI's LoRA "
                     "loaders and other UIs read it) beside the full K/V file. 0: no LoRA file. 16 keeps "
-                    "most of the delta at a fraction of the size.")),
+                    "most of the delta at a fraction of the size; a layer's smaller side keeps it exact "
+                    "(every layer: 768 on SD1.x, 1024 on SD2.x, 1280 on SDXL).")),
             ],
             outputs=[TLOptions.Output(display_name="options", tooltip=(
                 "Connect to the options input of Train Textual Localization (K/V)."))],

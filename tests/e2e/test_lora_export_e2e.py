@@ -11,6 +11,7 @@ from safetensors import safe_open
 from headless.server import ComfyServer
 from headless.workflow import nodes_of_type, set_training_inputs
 from shapes_world.model import CHECKPOINT_NAME
+from textloc.weights import lora_export
 
 RUN = "e2e_lora_export"
 RANK = 4
@@ -24,6 +25,11 @@ def test_export_node_is_registered_with_tooltips(object_info: dict) -> None:
     for name, spec in info["input"]["required"].items():
         assert spec[1].get("tooltip"), name
     assert all(info["output_tooltips"])
+    # Every layer of every family can be exported exact: up to SDXL's 1280 (its 1280 x 2048 layers).
+    assert info["input"]["required"]["rank"][1]["max"] == lora_export.MAX_RANK >= 1280
+    options = object_info["TL_TrainingOptions"]["input"]
+    lora_rank = {**options["required"], **options.get("optional", {})}["lora_rank"]
+    assert lora_rank[1]["max"] == lora_export.MAX_RANK
 
 
 def test_trained_run_exports_a_lora_the_stock_loader_applies(comfy_server: ComfyServer, workflow_prompt) -> None:

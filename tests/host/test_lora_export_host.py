@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.common import SD2_UNET_CONFIG, SD15_UNET_CONFIG, SDXL_UNET_CONFIG
 from headless.comfy_boot import boot_comfy
 from headless.tiny_model import ensure_tiny_checkpoint
 from textloc.weights import apply, lora_export
@@ -27,14 +28,6 @@ pytestmark = pytest.mark.host
 FOLDER = "textual_localization"
 NOT_LOADED = ("lora key not loaded", "NOT LOADED")
 
-SDXL_UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4, "model_channels": 320,
-    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10], "channel_mult": [1, 2, 4],
-    "transformer_depth_middle": 10, "use_linear_in_transformer": True, "context_dim": 2048, "num_head_channels": 64,
-    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-}
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +142,33 @@ def test_bundled_embedding_keys_would_be_reported_so_the_token_is_a_separate_fil
     assert torch.equal(weights.load_embedding(beside)[0]["clip_l"], trained.token_vectors["tl_ball"]["clip_l"])
 
 
-def test_comfyui_maps_the_export_key_names_of_every_sdxl_kv_layer() -> None:
-    """SDXL's own module names (kohya's SDXL convention) are in ComfyUI's LoRA key map, built on meta tensors."""
+def _meta_model(unet_config: dict, family: str):
+    """ComfyUI's full-size model of a family built on meta tensors (shapes only), as detection configures it."""
     boot_comfy()
-    import comfy.lora
     import comfy.model_detection
 
-    model_config = comfy.model_detection.model_config_from_unet_config(SDXL_UNET_CONFIG)
-    assert type(model_config).__name__ == "SDXL"
+    model_config = comfy.model_detection.model_config_from_unet_config(unet_config)
+    assert type(model_config).__name__ == family
     model_config.set_inference_dtype(torch.float16, None)
     with torch.device("meta"):
-        model = model_config.get_model({}, device=torch.device("meta"))
+        return model_config.get_model({}, device=torch.device("meta"))
+
+
+@pytest.mark.parametrize(("unet_config", "family", "largest_limit"), [
+    (SD15_UNET_CONFIG, "SD15", 768), (SD2_UNET_CONFIG, "SD20", 1024), (SDXL_UNET_CONFIG, "SDXL", 1280)])
+def test_the_rank_limit_lets_every_kv_layer_of_every_family_be_exact(unet_config, family, largest_limit) -> None:
+    """A layer is exact at its smaller side; the rank inputs (max = MAX_RANK) must reach it on every family."""
+    model = _meta_model(unet_config, family)
+    limits = [min(p.shape) for k, p in model.state_dict().items() if ".attn2.to_k." in k or ".attn2.to_v." in k]
+    assert max(limits) == largest_limit
+    assert lora_export.MAX_RANK >= largest_limit
+
+
+def test_comfyui_maps_the_export_key_names_of_every_sdxl_kv_layer() -> None:
+    """SDXL's own module names (kohya's SDXL convention) are in ComfyUI's LoRA key map, built on meta tensors."""
+    import comfy.lora
+
+    model = _meta_model(SDXL_UNET_CONFIG, "SDXL")
     kv_keys = [k for k in model.state_dict() if ".attn2.to_k." in k or ".attn2.to_v." in k]
     assert len(kv_keys) == 140  # 70 transformer blocks, K and V each
     key_map = comfy.lora.model_lora_keys_unet(model, {})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ def test_save_writes_the_lora_its_metadata_and_the_token_beside_it(tmp_path: Pat
     meta = weights.read_metadata(path)
     assert meta["kind"] == "kv_lora" and meta["rank"] == "4" and meta["base_hash"] == "abc"
     assert meta["ss_network_dim"] == meta["ss_network_alpha"] == "4"
+    assert meta["svd"] == lora_export.SVD_RULE
     recorded = json.loads(meta["relative_errors"])
     assert recorded == {lora_export.lora_module_name(k): pytest.approx(v, abs=1e-6) for k, v in errors.items()}
     assert 0.5 < float(meta["relative_error_mean"]) <= float(meta["relative_error_max"]) < 1.0
@@ -123,3 +125,63 @@ def test_save_writes_the_lora_its_metadata_and_the_token_beside_it(tmp_path: Pat
     lora_export.save_kv_lora(path, trained, 4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tl_run_lora_r4.safetensors", "tl_run_lora_r4_embeddings"]
     assert [p.name for p in embedding.parent.iterdir()] == ["tl_ball.safetensors"]
+
+
+def _trained_like(out: int, inp: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(delta, its singular values): s_i = (i + 1)^-1.32, the spectrum bench/lora_svd.py fits to trained
+    deltas (13 % residual at rank 16: not low-rank, the randomized SVD's hard case)."""
+    singular = (torch.arange(1, min(out, inp) + 1, dtype=torch.float64) + 1.0) ** -1.32 * 0.05
+    return _spectrum_matrix(out, inp, singular, seed).float(), singular
+
+
+def _best_seconds(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def test_a_small_rank_takes_the_randomized_svd_at_the_exact_error_in_a_fraction_of_the_time() -> None:
+    delta, singular = _trained_like(1280, 768)  # SD1.5's widest K/V layer
+    rank = 16
+    assert lora_export.uses_randomized_svd(tuple(delta.shape), rank, delta.device)
+    up, down = lora_export.low_rank_factors(delta, rank)
+    assert up.shape == (1280, rank) and down.shape == (rank, 768)
+    best = float(singular[rank:].norm() / singular.norm())  # the exact cut's error (Eckart-Young)
+    assert best <= lora_export.relative_error(delta, up, down) <= best * 1.001
+    exact = _best_seconds(lambda: torch.linalg.svd(delta, full_matrices=False))
+    randomized = _best_seconds(lambda: lora_export.low_rank_factors(delta, rank))
+    assert randomized * 5 < exact, (randomized, exact)  # measured 26x on one CPU thread (bench/lora_svd.py)
+
+
+def test_the_randomized_svd_repeats_itself_and_leaves_the_random_state_alone() -> None:
+    delta, _ = _trained_like(640, 768, seed=4)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = lora_export.low_rank_factors(delta, 8)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(5)  # the caller's draws move on; the export's do not
+    second = lora_export.low_rank_factors(delta, 8)
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_the_switch_between_randomized_and_exact_svd_follows_the_measured_rule() -> None:
+    cpu = torch.device("cpu")
+    assert lora_export.uses_randomized_svd((1280, 2048), 320, cpu)  # a quarter of the smaller side
+    assert not lora_export.uses_randomized_svd((1280, 2048), 321, cpu)
+    assert not lora_export.uses_randomized_svd((2048, 1280), 321, cpu)
+    assert not lora_export.uses_randomized_svd((16, 16), 4, cpu)  # 2r + 8 columns would be the whole matrix
+    assert not lora_export.uses_randomized_svd((1280, 2048), 16, torch.device("meta"))  # unseeded generators
+    assert lora_export.randomized_svd_columns(16) == 40
+
+
+@pytest.mark.parametrize("shape", [(1280, 2048), (1280, 1024)])  # SDXL's and SD2.x's widest K/V layers
+def test_every_layer_of_every_family_can_be_exported_at_its_full_rank(shape: tuple[int, int]) -> None:
+    delta = torch.randn(*shape, generator=torch.Generator().manual_seed(5)) * 0.05
+    full = min(shape)
+    assert lora_export.MAX_RANK >= full  # the rank inputs' limit (nodes/lora_nodes.py, TL Training Options)
+    up, down = lora_export.low_rank_factors(delta, lora_export.MAX_RANK)
+    assert up.shape == (shape[0], full) and down.shape == (full, shape[1])
+    assert lora_export.relative_error(delta, up, down) < 1e-5
