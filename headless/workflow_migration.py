@@ -12,12 +12,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from textloc.config import LEGACY_TRAIN_NODE_WIDGETS, TRAIN_NODE_WIDGETS, TRAINING_OPTIONS_WIDGETS
+from textloc.config import (
+    LEGACY_TRAIN_NODE_WIDGETS,
+    TRAIN_NODE_WIDGETS,
+    TRAINING_OPTIONS_WIDGETS,
+    TrainConfig,
+)
 
 TRAIN_NODE = "TL_TrainKV"
 OPTIONS_NODE = "TL_TrainingOptions"
 OPTIONS_TYPE = "TL_TRAIN_OPTIONS"
-OPTIONS_DEFAULT_LORA_RANK = 0  # the one option the first layout did not have
+DEFAULTS = TrainConfig()  # the value of each option the first layout did not have (lora_rank, embedding_name, denoise_region)
 OPTIONS_NODE_SIZE = (340, 560)
 
 
@@ -76,6 +81,6 @@ def _split_train_node(workflow: dict[str, Any], node: dict[str, Any]) -> None:
         "flags": {}, "order": node.get("order", 0), "mode": node.get("mode", 0), "inputs": options_inputs,
         "outputs": [{"name": "options", "type": OPTIONS_TYPE, "links": [link_id], "slot_index": 0}],
         "properties": {"Node name for S&R": OPTIONS_NODE},
-        "widgets_values": [old.get(name, OPTIONS_DEFAULT_LORA_RANK) for name in TRAINING_OPTIONS_WIDGETS],
+        "widgets_values": [old.get(name, getattr(DEFAULTS, name)) for name in TRAINING_OPTIONS_WIDGETS],
     })
     workflow.setdefault("links", []).append([link_id, options_id, 0, node["id"], len(kept_inputs) - 1, OPTIONS_TYPE])

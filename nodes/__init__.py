@@ -18,8 +18,8 @@ NODE_CLASSES: tuple[type[io.ComfyNode], ...] = (LoadMultiConceptDataset, MasksFr
                                                  TrainTextualLocalization, TrainingOptions, ApplyTLWeights, ShowTokenAttention,
                                                  EvaluateTLImages, ExportTLLoRA)
 
-# Trained tokens are written to output/embeddings; like output/loras for LoRAs (added by ComfyUI
-# itself), that folder joins the embedding search path so `embedding:TOKEN` works in any prompt.
+# Trained tokens are written to output/embeddings/<run>/; like output/loras for LoRAs (added by ComfyUI
+# itself), output/embeddings joins the embedding search path so `embedding:<run>/<token>` works in any prompt.
 folder_paths.add_model_folder_path("embeddings", os.path.join(folder_paths.get_output_directory(), "embeddings"))
 
 

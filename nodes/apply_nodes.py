@@ -44,7 +44,8 @@ class ApplyTLWeights(io.ComfyNode):
             description=(
                 "Applies Textual Localization weights like a LoRA: the K/V deltas patch a copy of the model "
                 "(the same 'diff' patch the stock LoRA loader makes from the file), and the returned CLIP "
-                "understands each learned token as embedding:TOKEN. Type the trigger text in your prompt. "
+                "understands each learned token as embedding:<run>/<token> (and embedding:<token>). Type the trigger text "
+                "in your prompt. "
                 "Chain several Apply nodes for several concepts; LoRA loaders before or after still work."
             ),
             inputs=[
@@ -56,8 +57,9 @@ class ApplyTLWeights(io.ComfyNode):
                     default=NONE,
                     tooltip=(
                         "A K/V file written by the trainer (output/loras/textual_localization/<run>.safetensors; "
-                        "only files with this pack's metadata are listed). Its tokens are read from "
-                        "output/embeddings/ or models/embeddings/. Ignored when tl_result is connected. "
+                        "only files with this pack's metadata are listed). Its tokens are read from <run>/<token> in "
+                        "output/embeddings/ or models/embeddings/ (older runs: <token>). Ignored when tl_result is "
+                        "connected. "
                         "Refresh the page (R) after training to see new files."
                     ),
                 ),
@@ -101,7 +103,8 @@ class ApplyTLWeights(io.ComfyNode):
                 ),
                 io.String.Output(
                     display_name="trigger",
-                    tooltip="The exact text to put in prompts, e.g. 'embedding:tl_ball ball'.",
+                    tooltip=("The exact text to put in prompts, e.g. 'embedding:tl_ball_run/tl_ball ball' (the run's "
+                             "own token file; the stock LoRA loader and the checkpoint's CLIP read it too)."),
                 ),
             ],
         )

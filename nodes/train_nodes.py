@@ -17,6 +17,8 @@ from ..textloc.config import (
     CHECKPOINTING_MODES,
     DEFAULT_CONCEPT_PHRASE,
     DEFAULT_PROMPT,
+    DENOISE_REGIONS,
+    EMBEDDING_NAMES,
     GUIDANCE_MODES,
     PRECISIONS,
     TrainConfig,
@@ -49,8 +51,10 @@ class TrainTextualLocalization(io.ComfyNode):
                 "Learns each Mask Target concept as a new token: fine-tunes the key/value projections of every "
                 "cross-attention layer (a copy; your model is not changed) and the token's embedding, while a "
                 "loss pulls the token's attention map onto the concept's mask. Writes the K/V weights to "
-                "output/loras/textual_localization/, each token to output/embeddings/ (use embedding:TOKEN), "
-                "and checkpoints, loss history, loss chart and the workflow to output/textual_localization/<name>/. "
+                "output/loras/textual_localization/<name>.safetensors, each token to "
+                "output/embeddings/<name>/<token>.safetensors (type embedding:<name>/<token>, as the trigger output "
+                "says), and checkpoints, loss history, loss chart and the workflow to "
+                "output/textual_localization/<name>/. No run replaces another run's files. "
                 "Every other setting is at the paper's value; connect TL Training Options to change them."
             ),
             is_output_node=True,
@@ -67,9 +71,10 @@ class TrainTextualLocalization(io.ComfyNode):
                     "Optimizer steps. 0 = auto: 400 per concept (the paper: 400 for one, 800 for two). "
                     "A few dozen are enough to try the pipeline.")),
                 io.String.Input("output_name", default="tl_concept", tooltip=(
-                    "Run name: files go to output/textual_localization/<name>/ and "
-                    "output/loras/textual_localization/<name>.safetensors. An existing run is never "
-                    "overwritten: a fresh run gets _2, _3, ... unless resume is on.")),
+                    "Run name: files go to output/textual_localization/<name>/, "
+                    "output/loras/textual_localization/<name>.safetensors and output/embeddings/<name>/, so a "
+                    "prompt names a token embedding:<name>/<token>. An existing run is never overwritten: a "
+                    "fresh run gets _2, _3, ... unless resume is on.")),
                 io.Boolean.Input("resume", default=False, tooltip=(
                     "Continue run <output_name> from its latest checkpoint (weights, tokens, optimizer, step "
                     "and random state), so the loss curve goes on as if never stopped. A name without a "
@@ -80,13 +85,17 @@ class TrainTextualLocalization(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="A copy of the model with the learned K/V deltas."),
-                io.Clip.Output(display_name="CLIP", tooltip="The text encoder; write embedding:TOKEN in prompts."),
+                io.Clip.Output(display_name="CLIP", tooltip=(
+                    "The text encoder as it came in; the trigger output reaches the run's token files through it.")),
                 TLResult.Output(display_name="tl_result", tooltip="The learned weights, for Apply TL Weights."),
                 io.LossMap.Output(display_name="loss", tooltip="Total loss per step (connect Plot Loss Graph)."),
                 io.Image.Output(display_name="attention", tooltip=(
                     "Per concept: the training photo, the token's attention map over it and its mask, "
                     "labelled with the token and step.")),
-                io.String.Output(display_name="trigger", tooltip="What to type in prompts for the concepts."),
+                io.String.Output(display_name="trigger", tooltip=(
+                    "Exactly what to type in prompts for the concepts, e.g. 'embedding:tl_ball_run/tl_ball ball' "
+                    "(the run's own token file; 'embedding:tl_ball ball' with embedding_name 'token (overwrite)' "
+                    "on TL Training Options).")),
                 io.Image.Output(display_name="loss_chart", tooltip=(
                     "The four losses (total, denoise, prior, attention) per step on a log scale; also saved as "
                     "loss_chart.png in the run folder.")),
@@ -112,7 +121,8 @@ class TrainTextualLocalization(io.ComfyNode):
         pnginfo = cls.hidden.extra_pnginfo or {}
         job = TrainingJob(model=model, clip=clip, vae=vae, dataset=dataset, config=config, run=run,
                           resume_from=resume_from, node_id=cls.hidden.unique_id,
-                          workflow=pnginfo.get("workflow") if isinstance(pnginfo, dict) else None)
+                          workflow=pnginfo.get("workflow") if isinstance(pnginfo, dict) else None,
+                          embedding_folders=host.embedding_folders())
         result = train(job)
         loss_map = {"loss": [h["total"] for h in result.loss_history]}
         return io.NodeOutput(result.model, result.clip, result.weights(), loss_map, result.attention_preview,
@@ -206,6 +216,21 @@ class TrainingOptions(io.ComfyNode):
                     "loaders and other UIs read it) beside the full K/V file. 0: no LoRA file. 16 keeps "
                     "most of the delta at a fraction of the size; a layer's smaller side keeps it exact "
                     "(every layer: 768 on SD1.x, 1024 on SD2.x, 1280 on SDXL).")),
+                io.Combo.Input("embedding_name", options=list(EMBEDDING_NAMES), default=DEFAULTS.embedding_name,
+                               optional=True, tooltip=(
+                    "How prompts name each learned token. run/token: embedding:<run>/<token>, the file "
+                    "output/embeddings/<run>/<token>.safetensors that only this run writes. token (overwrite): "
+                    "also embedding:<token>, output/embeddings/<token>.safetensors, replacing the file an earlier "
+                    "run of the same token name wrote there (that run stays usable as embedding:<its run>/<token>). "
+                    "The trigger output says which to type.")),
+                io.Combo.Input("denoise_region", options=list(DENOISE_REGIONS), default=DEFAULTS.denoise_region,
+                               optional=True, tooltip=(
+                    "Where the denoising loss asks the model to redraw the photos. whole photo (the paper): "
+                    "everything, the other objects of the photos included, which the shared words and K/V "
+                    "can then learn and draw with the token. concepts and background: leaves out every latent "
+                    "pixel a masked object that is no concept touches (the masks of the dataset's other "
+                    "mask folders): those objects are never asked for. concepts only (Break-A-Scene): only "
+                    "the concepts' masks; the background is not asked for either.")),
             ],
             outputs=[TLOptions.Output(display_name="options", tooltip=(
                 "Connect to the options input of Train Textual Localization (K/V)."))],

@@ -17,6 +17,7 @@ from .errors import TLInputError
 Guidance = Literal["hard", "soft", "none"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Checkpointing = Literal["auto", "on", "off"]
+EmbeddingName = Literal["run/token", "token (overwrite)"]
 CHECKPOINTING_MODES: tuple[str, ...] = ("auto", "on", "off")
 # "auto" turns activation checkpointing on for GPUs smaller than this (SD1.5 at 512 px with the
 # default batch needs it to fit in 8 GB) and for SDXL-sized UNets everywhere but the CPU.
@@ -24,6 +25,12 @@ CHECKPOINTING_BELOW_BYTES = 16 * 1024**3
 GUIDANCE_MODES: tuple[str, ...] = ("hard", "soft", "none")
 DENOISE_REGIONS: tuple[str, ...] = ("whole photo", "concepts and background", "concepts only")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+# How a prompt names a run's token. "run/token": `embedding:<run>/<token>`, a file of the run's own, so
+# no run replaces another's. "token (overwrite)": also `embedding:<token>`, the one file every run of
+# that token name shares, which the run replaces: the user asks for that by choosing it.
+EMBEDDING_PER_RUN = "run/token"
+EMBEDDING_SHARED = "token (overwrite)"
+EMBEDDING_NAMES: tuple[str, ...] = (EMBEDDING_PER_RUN, EMBEDDING_SHARED)
 BASE_LEARNING_RATE = 1e-5
 DEFAULT_PROMPT = "photo of {concepts}"
 DEFAULT_CONCEPT_PHRASE = "a {token} {class}"
@@ -51,6 +58,7 @@ class TrainConfig:
     attention_size: int = 0
     preview_every: int = 10
     lora_rank: int = 0  # also write the K/V deltas as a standard LoRA of this rank; 0: none
+    embedding_name: EmbeddingName = EMBEDDING_PER_RUN
     denoise_region: str = "whole photo"  # where the instance loss looks: see losses.denoise_weights
 
     def resolved(self, num_concepts: int, with_prior: bool, resolution: int) -> TrainConfig:
@@ -91,6 +99,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TLInputError("precision", f"'{self.precision}' is unknown.",
                                f"choose one of {', '.join(PRECISIONS)}.")
+        if self.embedding_name not in EMBEDDING_NAMES:
+            raise TLInputError("embedding_name", f"'{self.embedding_name}' is not a way to name the token.",
+                               f"choose one of {', '.join(EMBEDDING_NAMES)}.")
 
 
 # How ComfyUI stores the training node's widgets. The node keeps the settings an artist changes; the
@@ -101,7 +112,7 @@ TRAIN_NODE_WIDGETS: tuple[str, ...] = ("guidance", "steps", "output_name", "resu
 TRAINING_OPTIONS_WIDGETS: tuple[str, ...] = (
     "attention_weight", "learning_rate", "batch_size", "prior_weight", "seed", "checkpoint_every", "precision",
     "gradient_checkpointing", "train_token", "train_q", "prompt", "concept_phrase", "weight_decay", "grad_clip",
-    "preview_every", "attention_size", "lora_rank", "denoise_region")
+    "preview_every", "attention_size", "lora_rank", "embedding_name", "denoise_region")
 LEGACY_TRAIN_NODE_WIDGETS: tuple[str, ...] = (
     "guidance", "attention_weight", "steps", "learning_rate", "batch_size", "prior_weight", "seed",
     "checkpoint_every", "output_name", "resume", "precision", "gradient_checkpointing", "train_token", "train_q",

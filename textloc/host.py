@@ -107,6 +107,13 @@ def input_directory() -> Path:
     return Path(folder_paths.get_input_directory())
 
 
+def embedding_folders() -> list[Path]:
+    """ComfyUI's embeddings folders in the order `embedding:NAME` searches them (models/embeddings first)."""
+    import folder_paths
+
+    return [Path(folder) for folder in folder_paths.get_folder_paths("embeddings")]
+
+
 def model_family(model_patcher: Any) -> str:
     """Name of ComfyUI's detected model config (e.g. SD15, SD20, SDXL)."""
     return type(model_patcher.model.model_config).__name__

@@ -53,6 +53,8 @@ RUN_TIMEOUT = 180
 TOKEN = f"{PREFIX}tok"  # a valid trained-looking token with its embedding in models/embeddings/
 INF_TOKEN = f"{PREFIX}inf"  # its embedding holds inf
 LOST_TOKEN = f"{PREFIX}lost"  # no embedding file anywhere
+USER_TOKEN = f"{PREFIX}own"  # output/embeddings/<it>.safetensors is the user's own file, not a run's
+SHADOWED_RUN = f"{PREFIX}shadowed"  # models/embeddings/<it>/tl_ball.safetensors exists
 NON_ASCII_SET = f"{PREFIX}bälle_集合"
 
 
@@ -128,7 +130,8 @@ def train_prompt(from_loader: bool = False, target: dict | None = None, old_layo
         "attention_weight": 1.0, "learning_rate": 0.0, "batch_size": 0, "prior_weight": 1.0, "seed": 42,
         "checkpoint_every": 0, "precision": "auto", "gradient_checkpointing": "auto", "train_token": True,
         "train_q": False, "prompt": "photo of {concepts}", "concept_phrase": "a {token} {class}",
-        "weight_decay": 0.01, "grad_clip": 1.0, "preview_every": 0, "attention_size": 0, "lora_rank": 0}
+        "weight_decay": 0.01, "grad_clip": 1.0, "preview_every": 0, "attention_size": 0, "lora_rank": 0,
+        "embedding_name": "run/token", "denoise_region": "whole photo"}
     for name, value in settings.items():
         (train if name in train else options)[name] = value
     train = {k: v for k, v in {**train, **(old_layout or {})}.items() if v is not None}  # None: input left out
@@ -296,6 +299,17 @@ BAD_CASES: list[BadCase] = [
     _case("options_learning_rate_negative", OPTIONS, lambda: train_prompt(learning_rate=-1e-4), "learning_rate",
           validation=True),
     _case("options_lora_rank_negative", OPTIONS, lambda: train_prompt(lora_rank=-1), "lora_rank", validation=True),
+    _case("options_embedding_name_not_in_list", OPTIONS, lambda: train_prompt(embedding_name="token"),
+          "embedding_name", "'token'"),
+    # The overwrite choice replaces only a file an earlier run wrote, and only a name the prompt would reach.
+    _case("train_overwrite_of_a_token_models_embeddings_answers_first", TRAIN,
+          lambda: train_prompt(target={"token": TOKEN}, embedding_name="token (overwrite)"), "embedding_name",
+          f"{TOKEN}.safetensors", "run/token"),
+    _case("train_overwrite_of_a_file_no_run_wrote", TRAIN,
+          lambda: train_prompt(target={"token": USER_TOKEN}, embedding_name="token (overwrite)"), "embedding_name",
+          f"{USER_TOKEN}.safetensors", "never overwritten"),
+    _case("train_run_token_name_models_embeddings_answers_first", TRAIN,
+          lambda: train_prompt(output_name=SHADOWED_RUN), "output_name", f"{SHADOWED_RUN}/tl_ball.safetensors"),
     _case("train_steps_above_max", TRAIN, lambda: train_prompt(steps=200000), "steps", validation=True),
     _case("train_steps_negative", TRAIN, lambda: train_prompt(steps=-1), "steps", validation=True),
     # --- Apply TL Weights (files under models/loras/, made by the module fixture)
@@ -449,7 +463,8 @@ def _meta(token: str, **extra: Any) -> dict[str, str]:
 
 def _make_bad_weights(server: ComfyServer, checkpoint: Path) -> None:
     """K/V and embedding files under models/ for the Apply cases (the pack's writer refuses NaN/inf, so those
-    two are written with safetensors directly and the pack's metadata)."""
+    two are written with safetensors directly and the pack's metadata), and the token files the token-name
+    cases of the trainer meet."""
     loras, embeddings = server.base_dir / "models" / "loras", server.base_dir / "models" / "embeddings"
     gen = torch.Generator().manual_seed(0)
     shapes = _kv_shapes(checkpoint)
@@ -483,6 +498,13 @@ def _make_bad_weights(server: ComfyServer, checkpoint: Path) -> None:
                    {**_meta(TOKEN), "base_model_family": "SDXL"})
 
     save_file({"diffusion_model.x.diff": torch.zeros(2)}, str(loras / f"{PREFIX}foreign.safetensors"))
+
+    # For the token-name cases: a user's own embedding where the overwrite choice would write, and a file
+    # in models/embeddings/ (searched first) under the name a run's token would have.
+    (server.output_dir / "embeddings").mkdir(exist_ok=True)
+    save_file({"clip_l": torch.zeros(1, 768)}, str(server.output_dir / "embeddings" / f"{USER_TOKEN}.safetensors"))
+    save_embedding(embeddings / SHADOWED_RUN / "tl_ball.safetensors", {"clip_l": torch.zeros(1, 768)},
+                   {**_meta("tl_ball"), "token": "tl_ball"})
 
 
 # ---------------------------------------------------------------------------------------------- should-load sets
@@ -588,7 +610,8 @@ def prepared(comfy_server: ComfyServer, tiny_checkpoint: Path,
         yield comfy_server
     finally:
         models = comfy_server.base_dir / "models"
-        for folder in (comfy_server.input_dir, models / "loras", models / "embeddings"):
+        for folder in (comfy_server.input_dir, models / "loras", models / "embeddings",
+                       comfy_server.output_dir / "embeddings"):
             for path in folder.glob(f"{PREFIX}*"):
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)

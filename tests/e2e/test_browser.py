@@ -139,9 +139,9 @@ class Console:
 
 
 _SERVERS: list[ComfyServer] = []  # the servers of this module, in the order they started
-# What tl_evaluate.json needs from tl_train_and_generate.json, under output/ (the run folder holds the
-# token of that run, should embeddings/tl_ball.safetensors have been trained again since).
-TRAINED_FILES = ("loras/textual_localization/tl_demo_ball.safetensors", "embeddings/tl_ball.safetensors")
+# What tl_evaluate.json needs from tl_train_and_generate.json, under output/: the run's K/V file and its
+# own token file.
+TRAINED_FILES = ("loras/textual_localization/tl_demo_ball.safetensors", "embeddings/tl_demo_ball/tl_ball.safetensors")
 TRAINED_RUN = "textual_localization/tl_demo_ball"
 
 

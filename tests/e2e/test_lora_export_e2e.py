@@ -1,5 +1,6 @@
-"""Export TL LoRA through the real server: registered with tooltips, writes the LoRA and the token beside it
-from a real training run, and the stock LoraLoaderModelOnly of the same server samples with it, loading
+"""Export TL LoRA through the real server: registered with tooltips, writes the LoRA from a real training run
+with its token where no LoRA list shows it (the run's own embeddings folder, named by the node's trigger
+output), and the stock LoraLoaderModelOnly of the same server samples with it and the trigger, loading
 every key (no "lora key not loaded" in the server log)."""
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ def test_trained_run_exports_a_lora_the_stock_loader_applies(comfy_server: Comfy
     prompt = workflow_prompt("tl_train.json")
     (trainer,) = nodes_of_type(prompt, "TL_TrainKV")
     set_training_inputs(prompt, trainer, steps=2, checkpoint_every=2, output_name=RUN)
+    set_training_inputs(prompt, trainer, lora_rank=RANK + 4)  # the trainer's own export, beside the node's
     prompt["80"] = {"class_type": "TL_ExportLoRA", "inputs": {"tl_result": [trainer, 2], "rank": RANK,
                                                              "file_name": ""}}
-    comfy_server.run(prompt, timeout=900)
+    prompt["81"] = {"class_type": "PreviewAny", "inputs": {"source": ["80", 1]}}
+    trigger = comfy_server.run(prompt, timeout=900).outputs["81"]["text"][0]
+    assert trigger == f"embedding:{RUN}/tl_ball ball"
 
     lora = comfy_server.output_dir / "loras" / LORA
     with safe_open(lora, "pt") as f:
@@ -48,14 +52,21 @@ def test_trained_run_exports_a_lora_the_stock_loader_applies(comfy_server: Comfy
         "lora_up", "lora_down", "alpha"}
     assert meta["kind"] == "kv_lora" and meta["rank"] == str(RANK) and json.loads(meta["tokens"]) == ["tl_ball"]
     assert len(json.loads(meta["relative_errors"])) == len(keys) // 3
-    assert (lora.parent / f"{RUN}_lora_r{RANK}_embeddings" / "tl_ball.safetensors").is_file()
+    assert meta["trigger"] == trigger and json.loads(meta["embeddings"]) == {"tl_ball": f"{RUN}/tl_ball.safetensors"}
+    assert (comfy_server.output_dir / "embeddings" / RUN / "tl_ball.safetensors").is_file()
+    # Every LoRA list (the stock loaders', Apply TL Weights') holds the LoRA files and no token file.
+    info = comfy_server.object_info()
+    for node, name in (("LoraLoader", "lora_name"), ("LoraLoaderModelOnly", "lora_name")):
+        listed = info[node]["input"]["required"][name][0]
+        assert LORA in listed and f"textual_localization/{RUN}_lora_r{RANK + 4}.safetensors" in listed
+        assert not [n for n in listed if "_embeddings/" in n or n.endswith("/tl_ball.safetensors")], listed
 
     log_start = len(comfy_server.log_tail(10_000_000))
     stock = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
         "2": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["1", 0], "lora_name": LORA,
                                                              "strength_model": 1.0}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a ball", "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": f"a photo of a {trigger}", "clip": ["1", 1]}},
         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "6": {"class_type": "KSampler", "inputs": {
@@ -68,3 +79,4 @@ def test_trained_run_exports_a_lora_the_stock_loader_applies(comfy_server: Comfy
     assert result.outputs["8"]["images"]
     log = comfy_server.log_tail(10_000_000)[log_start:]
     assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-2000:]
+    assert "does not exist" not in log, log[-2000:]  # ComfyUI's embedding lookup found the trigger's token

@@ -4,8 +4,8 @@ v-prediction, and SDXL (SD1.5 is covered by the other files, on the world and ti
 Per family, on a tiny random-weight checkpoint that ComfyUI's own loader detects as that family
 (tests/host/test_tiny_families_host.py): the example training graph (tl_train.json, converted with the
 server's object_info, without class images, at 64 px) trains a few steps; then, on the loader's base
-model, Apply TL Weights and the stock LoraLoaderModelOnly + `embedding:TOKEN` with the written files
-give the same picture, Show Token Attention maps the trained token, the exported kohya LoRA (where the
+model, Apply TL Weights and the stock LoraLoaderModelOnly + `embedding:<run>/<token>` (the trainer's
+trigger) with the written files give the same picture, Show Token Attention maps the trained token, the exported kohya LoRA (where the
 server has TL_ExportLoRA) loads through the stock LoraLoader with every key matched, and Apply refuses
 the family's weights on another family's checkpoint.
 """
@@ -35,7 +35,6 @@ TRAIN_STEPS = 2
 SAMPLE_STEPS = 2
 RESOLUTION = 64  # the dataset loader's minimum; 8x8 latents
 TOKEN = "tl_ball"  # tl_train.json's Mask Target
-PROMPT = f"photo of a embedding:{TOKEN} ball"
 EXPORT_RANK = 4
 CLASS_IMAGE_NODES = {"CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode"}
 OTHER_FAMILY_CKPT = TINY_CHECKPOINT_PATH.name  # SD15
@@ -94,14 +93,19 @@ def _train_prompt(object_info: dict, ckpt: str, run_name: str) -> tuple[dict, st
     return prompt, trainer
 
 
+def _prompt_text(run: RunFiles) -> str:
+    """The prompt with the run's token as the trainer's trigger names it."""
+    return f"photo of a embedding:{run.embedding_name(TOKEN)} ball"
+
+
 def _branch(prompt: dict, first: int, model: list, clip: list | None, negative: list,
-            positive: list | None = None) -> str:
-    """CLIPTextEncode(PROMPT) on `clip` (or the given `positive`) -> KSampler (64 px, fixed seed) -> VAEDecode
+            positive: list | None = None, text: str = "") -> str:
+    """CLIPTextEncode(text) on `clip` (or the given `positive`) -> KSampler (64 px, fixed seed) -> VAEDecode
     -> SaveImage; returns the save id. Branches share encodings where they can: the full-size text
     encoders are most of the time on these models."""
     enc, empty, sampler, decode, save = (str(first + i) for i in range(5))
     if positive is None:
-        prompt[enc] = {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": clip}}
+        prompt[enc] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": clip}}
         positive = [enc, 0]
     prompt[empty] = {"class_type": "EmptyLatentImage", "inputs": {"width": RESOLUTION, "height": RESOLUTION,
                                                                   "batch_size": 1}}
@@ -113,24 +117,25 @@ def _branch(prompt: dict, first: int, model: list, clip: list | None, negative: 
     return save
 
 
-def _use_prompt(ckpt: str, kv_lora_name: str, exported_lora: str | None) -> tuple[dict, str, str, str | None]:
+def _use_prompt(ckpt: str, run: RunFiles, exported_lora: str | None) -> tuple[dict, str, str, str | None]:
     """Base model + the written files: stock LoRA loader + embedding, Apply TL Weights, Show Token Attention
     and the stock LoraLoader with the exported LoRA."""
+    text = _prompt_text(run)
     prompt: dict = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
                     "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
-                        "model": ["1", 0], "lora_name": kv_lora_name, "strength_model": 1.0}},
-                    "3": _apply(kv_lora_name),
+                        "model": ["1", 0], "lora_name": run.kv_lora_name, "strength_model": 1.0}},
+                    "3": _apply(run.kv_lora_name),
                     "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-                    "5": _show(["3", 0], ["3", 1], PROMPT, f"embedding:{TOKEN}, ball", steps=SAMPLE_STEPS,
-                               width=RESOLUTION, height=RESOLUTION)}
-    stock = _branch(prompt, 10, ["2", 0], ["1", 1], ["4", 0])
-    ours = _branch(prompt, 20, ["3", 0], ["3", 1], ["4", 0])
+                    "5": _show(["3", 0], ["3", 1], text, f"embedding:{run.embedding_name(TOKEN)}, ball",
+                               steps=SAMPLE_STEPS, width=RESOLUTION, height=RESOLUTION)}
+    stock = _branch(prompt, 10, ["2", 0], ["1", 1], ["4", 0], text=text)
+    ours = _branch(prompt, 20, ["3", 0], ["3", 1], ["4", 0], text=text)
     exported = None
     if exported_lora is not None:
         prompt["6"] = {"class_type": "LoraLoader", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "lora_name": exported_lora, "strength_model": 1.0,
             "strength_clip": 1.0}}
-        # The export holds UNet keys only, so the base CLIP's encoding of PROMPT (stock branch) is its text.
+        # The export holds UNet keys only, so the base CLIP's encoding of the prompt (stock branch) is its text.
         exported = _branch(prompt, 30, ["6", 0], None, ["4", 0], positive=["10", 0])
     return prompt, stock, ours, exported
 
@@ -145,7 +150,7 @@ def family_run(request: pytest.FixtureRequest, comfy_server: ComfyServer, object
     run = RunFiles(f"family_{name}", comfy_server.output_dir)
     exported_lora = trained.outputs["81"]["text"][0] if "81" in prompt else None
     log_start = len(comfy_server.log_tail(10**9))
-    used_prompt, stock, ours, exported = _use_prompt(ckpt, run.kv_lora_name, exported_lora)
+    used_prompt, stock, ours, exported = _use_prompt(ckpt, run, exported_lora)
     used = comfy_server.run(used_prompt, timeout=600)
     export_log = comfy_server.log_tail(10**9)[log_start:]
     return FamilyRun(name, ckpt, run, trained, used, stock, ours, exported, export_log)
@@ -176,7 +181,7 @@ def test_apply_equals_the_stock_loaders_and_samples_a_picture(comfy_server: Comf
     (ours,) = _images(comfy_server, family_run.used, family_run.ours)
     assert ours.shape == (RESOLUTION, RESOLUTION, 3)
     assert ours.std() > 1.0, "the picture is flat (NaN latents decode to one colour)"
-    assert np.array_equal(ours, stock), "Apply TL Weights differs from LoraLoaderModelOnly + embedding:TOKEN"
+    assert np.array_equal(ours, stock), "Apply TL Weights differs from LoraLoaderModelOnly + embedding:<run>/<token>"
 
 
 def test_show_token_attention_maps_the_trained_token(comfy_server: ComfyServer, family_run: FamilyRun) -> None:

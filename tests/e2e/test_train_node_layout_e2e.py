@@ -17,7 +17,7 @@ from headless.paths import REPO_ROOT, WORKFLOWS_DIR
 from headless.server import ComfyServer
 from headless.workflow import load_workflow, nodes_of_type, set_training_inputs, to_api_prompt
 from headless.world_settings import apply_world_settings
-from textloc.config import LEGACY_TRAIN_NODE_WIDGETS, TRAINING_OPTIONS_WIDGETS
+from textloc.config import LEGACY_TRAIN_NODE_WIDGETS
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "first_layout_workflows"
 WORKFLOW = "tl_train_and_generate.json"
@@ -53,7 +53,7 @@ def test_an_old_workflow_file_converts_to_its_old_settings(object_info: dict, pa
         assert options["class_type"] == "TL_TrainingOptions"
         settings = {**inputs, **options["inputs"]}
         assert {k: settings[k] for k in values} == values
-        assert settings["lora_rank"] == 0
+        assert settings["lora_rank"] == 0 and settings["embedding_name"] == "run/token"  # options added since
 
 
 def test_old_file_old_prompt_and_new_layout_train_the_same(comfy_server: ComfyServer, object_info: dict) -> None:
@@ -65,7 +65,7 @@ def test_old_file_old_prompt_and_new_layout_train_the_same(comfy_server: ComfySe
 
     old_prompt = json.loads(json.dumps(old_file))  # the trainer's settings as its own inputs, no options node
     old_prompt[trainer]["inputs"].update({k: v for k, v in old_prompt.pop(options_id)["inputs"].items()
-                                          if k in TRAINING_OPTIONS_WIDGETS and k != "lora_rank"})
+                                          if k in LEGACY_TRAIN_NODE_WIDGETS})
     del old_prompt[trainer]["inputs"]["options"]
     old_prompt[trainer]["inputs"]["output_name"] = "layout_old_prompt"
 
@@ -89,3 +89,17 @@ def test_old_file_old_prompt_and_new_layout_train_the_same(comfy_server: ComfySe
         assert len(history) == len(reference), name
         for got, want in zip(history, reference, strict=True):
             assert got == pytest.approx(want, rel=1e-6), f"{name} trained differently: {history} vs {reference}"
+
+
+def test_options_saved_before_embedding_name_existed_load_with_its_default(object_info: dict) -> None:
+    """A TL Training Options node saved with one widget value fewer (before `embedding_name`) keeps every value
+    and gets run/token, the way runs were named then; an API prompt without the input runs with it too."""
+    workflow = load_workflow(WORKFLOWS_DIR / "tl_train.json")
+    (options,) = [n for n in workflow["nodes"] if n["type"] == "TL_TrainingOptions"]
+    assert options["widgets_values"][-1] == "run/token"
+    options["widgets_values"] = options["widgets_values"][:-1]
+    current = to_api_prompt(load_workflow(WORKFLOWS_DIR / "tl_train.json"), object_info)
+    older = to_api_prompt(workflow, object_info)
+    assert older[str(options["id"])]["inputs"] == current[str(options["id"])]["inputs"]
+    assert older[str(options["id"])]["inputs"]["embedding_name"] == "run/token"
+    assert "embedding_name" in object_info["TL_TrainingOptions"]["input"]["optional"]  # old API prompts lack it

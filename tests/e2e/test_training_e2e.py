@@ -7,29 +7,37 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
+from test_apply_and_attention import _show
 
 from headless.paths import WORKFLOWS_DIR
 from headless.server import ComfyServer, WorkflowError
 from headless.workflow import load_workflow, nodes_of_type, set_training_inputs
 from shapes_world.model import CHECKPOINT_NAME  # the model the example workflows train
-from textloc.weights.files import latest_checkpoint, load_training_checkpoint
+from textloc.training.run_files import RunFiles
+from textloc.weights.files import latest_checkpoint, load_embedding, load_training_checkpoint
 
 STEPS = 6
+TRIGGER_SLOT = 5  # the trainer's outputs: MODEL, CLIP, tl_result, loss, attention, trigger, loss_chart
 
 
-def _sample(model: list, prefix: str, prompt: str = "photo of a red ball") -> dict:
-    """Nodes 90.. that sample 64 px with a fixed seed from `model` and save the picture."""
+def _sample(model: list, prefix: str, prompt: str = "photo of a red ball", clip: list | None = None,
+            first: int = 90) -> dict:
+    """Nodes first.. first+5 that sample 64 px with a fixed seed from `model` (prompt encoded with `clip`, the
+    checkpoint's by default) and save the picture as node first+5."""
+    enc, neg, empty, sampler, decode, save = (str(first + i) for i in range(6))
+    clip = clip or ["1", 1]
     return {
-        "90": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["1", 1]}},
-        "91": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-        "92": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "93": {"class_type": "KSampler", "inputs": {
-            "model": model, "positive": ["90", 0], "negative": ["91", 0], "latent_image": ["92", 0],
+        enc: {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": clip}},
+        neg: {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}},
+        empty: {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        sampler: {"class_type": "KSampler", "inputs": {
+            "model": model, "positive": [enc, 0], "negative": [neg, 0], "latent_image": [empty, 0],
             "seed": 3, "steps": 3, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "94": {"class_type": "VAEDecode", "inputs": {"samples": ["93", 0], "vae": ["1", 2]}},
-        "95": {"class_type": "SaveImage", "inputs": {"images": ["94", 0], "filename_prefix": prefix}},
+        decode: {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 0], "vae": ["1", 2]}},
+        save: {"class_type": "SaveImage", "inputs": {"images": [decode, 0], "filename_prefix": prefix}},
     }
 
 
@@ -70,7 +78,7 @@ def test_training_workflow_writes_results_and_leaves_the_base_model_unchanged(
     assert keys and all(k.endswith((".attn2.to_k.diff", ".attn2.to_v.diff")) for k in keys)
     assert json.loads(meta["tokens"]) == ["tl_ball"] and meta["guidance"] == "hard"
     assert float(meta["prior_weight"]) == 1.0  # class images came from the KSampler in the graph
-    assert (out / "embeddings" / "tl_ball.safetensors").is_file()
+    assert (out / "embeddings" / "e2e_run" / "tl_ball.safetensors").is_file()  # the run's own token file
     run_dir = out / "textual_localization" / "e2e_run"
     history = json.loads((run_dir / "loss_history.json").read_text())["history"]
     assert [h["step"] for h in history] == list(range(1, STEPS + 1))
@@ -103,6 +111,78 @@ def test_stock_lora_loader_on_the_saved_file_equals_the_trained_model(
     assert np.array_equal(trained, from_file)
     new_log = comfy_server.log_tail(10_000_000)[log_before:]
     assert "lora key not loaded" not in new_log and "ERROR" not in new_log
+
+
+def _train_for_trigger(server: ComfyServer, workflow_prompt, name: str, **inputs) -> str:
+    """Train tl_train.json's tl_ball as run `name`; the trainer's trigger output."""
+    prompt, trainer = _train_prompt(workflow_prompt, name, **inputs)
+    prompt["80"] = {"class_type": "PreviewAny", "inputs": {"source": [trainer, TRIGGER_SLOT]}}
+    (trigger,) = server.run(prompt, timeout=900).outputs["80"]["text"]
+    return trigger
+
+
+def _use_run(server: ComfyServer, run: RunFiles, trigger: str) -> tuple[np.ndarray, np.ndarray]:
+    """On the base model, typed as the trigger: (stock LoraLoaderModelOnly + the checkpoint's own CLIP,
+    Apply TL Weights from the weights list + its CLIP). Show Token Attention on the checkpoint's CLIP in
+    the same prompt fails unless ComfyUI's own embedding lookup finds the trigger's token file."""
+    token = trigger.split()[0]
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["1", 0], "lora_name": run.kv_lora_name, "strength_model": 1.0}},
+        "3": {"class_type": "TL_ApplyWeights", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "weights": run.kv_lora_name, "strength_model": 1.0,
+            "strength_token": 1.0}},
+        "4": _show(["1", 0], ["1", 1], f"a photo of a {trigger}", token, steps=1),
+        **_sample(["2", 0], f"{run.name}_stock", f"a photo of a {trigger}"),
+        **_sample(["3", 0], f"{run.name}_applied", f"a photo of a {trigger}", clip=["3", 1], first=100),
+    }
+    result = server.run(prompt, timeout=300)
+    assert len(result.outputs["4"]["images"]) == 1
+    return _picture(server, result, "95"), _picture(server, result, "105")
+
+
+def test_two_runs_of_one_token_keep_their_own_files_and_both_stay_usable(
+        comfy_server: ComfyServer, workflow_prompt) -> None:
+    """tl_ball trained with guidance none, then hard, under one run name to compare them: the second run
+    replaces nothing of the first, each trainer's trigger names its own token file, and afterwards both
+    runs work through ComfyUI's own embedding lookup and through Apply TL Weights."""
+    log_start = len(comfy_server.log_tail(10_000_000))
+    triggers = {guidance: _train_for_trigger(comfy_server, workflow_prompt, "e2e_twin", guidance=guidance)
+                for guidance in ("none", "hard")}
+    assert triggers == {"none": "embedding:e2e_twin/tl_ball ball", "hard": "embedding:e2e_twin_2/tl_ball ball"}
+    runs = {"none": RunFiles("e2e_twin", comfy_server.output_dir), "hard": RunFiles("e2e_twin_2", comfy_server.output_dir)}
+    vectors = {}
+    for guidance, run in runs.items():
+        vectors[guidance], meta = load_embedding(run.embedding_path("tl_ball"))
+        assert meta["guidance"] == guidance and meta["run_name"] == run.name
+    assert not torch.equal(vectors["none"]["clip_l"], vectors["hard"]["clip_l"])
+
+    pictures = {guidance: _use_run(comfy_server, run, triggers[guidance]) for guidance, run in runs.items()}
+    for stock, applied in pictures.values():
+        assert np.array_equal(stock, applied)  # the file the prompt names = the token Apply loads for the run
+    assert not np.array_equal(pictures["none"][1], pictures["hard"][1])
+    assert "does not exist" not in comfy_server.log_tail(10_000_000)[log_start:]  # no embedding: name was missed
+
+
+def test_overwrite_choice_types_the_token_alone_and_replaces_only_its_shared_file(
+        comfy_server: ComfyServer, workflow_prompt) -> None:
+    """embedding_name 'token (overwrite)': the run also writes embeddings/<token>.safetensors (an earlier
+    run's file of that name is replaced, as asked) and its trigger types the token alone."""
+    out = comfy_server.output_dir
+    shared = out / "embeddings" / "tl_ball.safetensors"
+    own = {}
+    for name in ("e2e_shared_a", "e2e_shared_b"):
+        trigger = _train_for_trigger(comfy_server, workflow_prompt, name, embedding_name="token (overwrite)")
+        assert trigger == "embedding:tl_ball ball"
+        own[name] = load_embedding(RunFiles(name, out).embedding_path("tl_ball"))[0]["clip_l"]
+        replaced, meta = load_embedding(shared)
+        assert meta["run_name"] == name and torch.equal(replaced["clip_l"], own[name])
+    # the first run keeps its own file, typed embedding:e2e_shared_a/tl_ball
+    assert torch.equal(load_embedding(RunFiles("e2e_shared_a", out).embedding_path("tl_ball"))[0]["clip_l"],
+                       own["e2e_shared_a"])
+    stock, applied = _use_run(comfy_server, RunFiles("e2e_shared_b", out), trigger)
+    assert np.array_equal(stock, applied)
 
 
 def test_cancel_mid_run_keeps_the_last_checkpoint_valid(comfy_server: ComfyServer, workflow_prompt) -> None:

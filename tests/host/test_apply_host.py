@@ -209,3 +209,40 @@ def test_weights_for_another_architecture_are_refused(sd15, run_files) -> None:
     with pytest.raises(TLInputError, match="clip_l.*width 768.*nothing"):
         apply.apply_weights(model, clip, g_only, 1.0, 1.0, "sdxl.safetensors")
     assert model.patches == {}
+
+
+def test_two_runs_of_one_token_are_both_reachable_by_their_run_names(sd15, folders) -> None:
+    """Each run's token sits in embeddings/<run>/: ComfyUI's own tokenizer reads `embedding:<run>/<token>` from
+    there, Apply names that in its trigger, and chained Applies of both runs keep both apart."""
+    import folder_paths
+
+    model, clip, _ = sd15
+    runs = {}
+    for name, seed in (("twin_none", 11), ("twin_hard", 12)):
+        trained = _trained(model, clip, token="tl_twin", seed=seed)
+        meta = {**trained.metadata, "run_name": name}
+        save_kv_deltas(folders["loras"] / "textual_localization" / f"{name}.safetensors", trained.kv_deltas, meta)
+        save_embedding(folders["embeddings"] / name / "tl_twin.safetensors", trained.token_vectors["tl_twin"],
+                       {**meta, "token": "tl_twin"})
+        runs[name] = trained.token_vectors["tl_twin"]["clip_l"]
+
+    def vector(tokenizing_clip, text: str) -> torch.Tensor:
+        (found,) = [e[0] for e in tokenizing_clip.tokenize(text)["l"][0] if torch.is_tensor(e[0])]
+        return found.reshape(1, -1)
+
+    with torch.inference_mode():
+        applied = {}
+        for name in runs:
+            path = apply.resolve_weights_name(f"textual_localization/{name}.safetensors",
+                                              lambda n: folder_paths.get_full_path("loras", n))
+            loaded = apply.load_weights_file(path, lambda n: folder_paths.get_full_path("embeddings", n))
+            applied[name] = apply.apply_weights(model, clip, loaded, 1.0, 1.0, str(path))
+            assert applied[name].trigger == f"embedding:{name}/tl_twin ball"
+            assert torch.equal(vector(clip, applied[name].trigger), runs[name])  # the stock lookup, from the file
+            assert torch.equal(vector(applied[name].clip, applied[name].trigger), runs[name])  # from memory
+        both = apply.apply_weights(applied["twin_none"].model, applied["twin_none"].clip,
+                                   apply.load_weights_file(
+                                       folders["loras"] / "textual_localization" / "twin_hard.safetensors",
+                                       lambda n: folder_paths.get_full_path("embeddings", n)), 1.0, 1.0, "twin_hard")
+        for name in runs:
+            assert torch.equal(vector(both.clip, f"a embedding:{name}/tl_twin ball"), runs[name])

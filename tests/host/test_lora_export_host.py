@@ -58,15 +58,15 @@ def trained(sd15) -> TrainedWeights:
     gen = torch.Generator().manual_seed(7)
     shapes = {k: s for k, s in apply.model_kv_shapes(model).items() if ".to_k." in k or ".to_v." in k}
     deltas = {k: (torch.randn(s, generator=gen) * 0.05).half() for k, s in shapes.items()}
-    meta = weights.build_metadata(tokens=["tl_ball"], class_words=["ball"], init_words=["sks"], steps=30,
-                                  base_model_family="SD15", base_hash="lora_host")
+    meta = weights.build_metadata(run_name="tl_host", tokens=["tl_ball"], class_words=["ball"], init_words=["sks"],
+                                  steps=30, base_model_family="SD15", base_hash="lora_host")
     return TrainedWeights(kv_deltas=deltas, token_vectors={"tl_ball": {"clip_l": torch.randn(1, 768, generator=gen)}},
                           metadata=meta)
 
 
 def _export(loras_dir: Path, trained: TrainedWeights, rank: int) -> str:
     name = f"{FOLDER}/{lora_export.lora_file_name('tl_host', rank)}"
-    lora_export.save_kv_lora(loras_dir / name, trained, rank)
+    lora_export.save_kv_lora(loras_dir / name, trained, rank, loras_dir.parent / "output")
     return name
 
 
@@ -125,7 +125,7 @@ def test_a_low_rank_export_applies_the_error_its_metadata_records(
 
 def test_bundled_embedding_keys_would_be_reported_so_the_token_is_a_separate_file(
         sd15, trained, loras_dir, caplog: pytest.LogCaptureFixture) -> None:
-    """Why the token is written beside the LoRA: ComfyUI does not read A1111's bundle_emb keys in a LoRA."""
+    """Why the token is a file of its own: ComfyUI does not read A1111's bundle_emb keys in a LoRA."""
     import nodes
 
     model, _ = sd15
@@ -138,8 +138,8 @@ def test_bundled_embedding_keys_would_be_reported_so_the_token_is_a_separate_fil
     with torch.inference_mode(), caplog.at_level(logging.WARNING):
         nodes.LoraLoaderModelOnly().load_lora_model_only(model, bundled, 1.0)
     assert _unloaded(caplog) == ["lora key not loaded: bundle_emb.tl_ball.string_to_param.*"]
-    beside = loras_dir / FOLDER / "tl_host_lora_r2_embeddings" / "tl_ball.safetensors"
-    assert torch.equal(weights.load_embedding(beside)[0]["clip_l"], trained.token_vectors["tl_ball"]["clip_l"])
+    token_file = loras_dir.parent / "output" / "embeddings" / "tl_host" / "tl_ball.safetensors"  # the run's token
+    assert torch.equal(weights.load_embedding(token_file)[0]["clip_l"], trained.token_vectors["tl_ball"]["clip_l"])
 
 
 def _meta_model(unet_config: dict, family: str):

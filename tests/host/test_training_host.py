@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import comfy.model_management
@@ -211,7 +212,11 @@ def test_lora_rank_also_writes_a_low_rank_lora_of_the_same_deltas(loaded, tmp_pa
     result = _train(loaded, tmp_path, _dataset([("tl_ball", "ball", 1)]), name="lora_run", lora_rank=4)
     lora = export_path(tmp_path, "lora_run", 4)
     assert lora in result.files and lora.is_file()
+    # the token stays in the run's own folder, where no LoRA list looks
+    assert sorted(p.name for p in lora.parent.iterdir()) == ["lora_run.safetensors", "lora_run_lora_r4.safetensors"]
     meta = read_metadata(lora)
+    assert meta["trigger"] == result.trigger_text == "embedding:lora_run/tl_ball ball"
+    assert json.loads(meta["embeddings"]) == {"tl_ball": "lora_run/tl_ball.safetensors"}
     assert meta["rank"] == "4" and meta["tokens"] == result.metadata["tokens"]
     with safe_open(lora, "pt") as f:
         keys = set(f.keys())

@@ -35,6 +35,16 @@ def _write_run(root: Path, name: str = "run", seed: int = 42, embedding_dir: Pat
     return kv
 
 
+def _write_current_run(root: Path, name: str, seed: int) -> Path:
+    """K/V file and token as the trainer writes them now: the token in embeddings/<run>/, the run named."""
+    meta = _meta(seed, run_name=name)
+    run = RunFiles(name, root)
+    save_kv_deltas(run.kv_path, {KEY_K: torch.ones(320, 768), KEY_V: torch.ones(320, 768)}, meta)
+    save_embedding(run.embedding_path("tl_ball"), {"clip_l": torch.full((1, 768), float(seed))},
+                   {**meta, "token": "tl_ball"})
+    return run.kv_path
+
+
 def _lookup(folder: Path):
     """A folder lookup like folder_paths.get_full_path for one folder."""
 
@@ -100,6 +110,23 @@ def test_a_run_reads_back_with_its_token(tmp_path: Path) -> None:
     assert apply.trigger_text(loaded) == "embedding:tl_ball ball"
 
 
+def test_two_runs_of_one_token_and_an_older_run_each_read_their_own_token(tmp_path: Path) -> None:
+    old = _write_run(tmp_path, "old_run", seed=1)  # embeddings/tl_ball.safetensors, as runs wrote it before
+    first = _write_current_run(tmp_path, "tl_ball_run", seed=2)
+    second = _write_current_run(tmp_path, "tl_ball_run_2", seed=3)
+    embeddings = _lookup(tmp_path / "embeddings")
+    for kv, seed, name in ((old, 1, "tl_ball"), (first, 2, "tl_ball_run/tl_ball"), (second, 3, "tl_ball_run_2/tl_ball")):
+        loaded = apply.load_weights_file(kv, embeddings, tmp_path)
+        assert torch.equal(loaded.token_vectors["tl_ball"]["clip_l"], torch.full((1, 768), float(seed)))
+        assert loaded.embedding_paths["tl_ball"] == tmp_path / "embeddings" / f"{name}.safetensors"
+        assert apply.trigger_text(loaded) == f"embedding:{name} ball"
+        named = apply.by_prompt_name(loaded, loaded.token_vectors)  # what Apply's CLIP answers from memory
+        assert set(named) == {"tl_ball", name} and all(v is loaded.token_vectors["tl_ball"] for v in named.values())
+    stamps = apply.weights_fingerprint("textual_localization/tl_ball_run.safetensors", _lookup(tmp_path / "loras"),
+                                       embeddings)  # a rewritten token file re-runs Apply
+    assert str(tmp_path / "embeddings" / "tl_ball_run" / "tl_ball.safetensors") in [s[0] for s in stamps]
+
+
 @pytest.mark.parametrize("content", [pickle.dumps({"diffusion_model.x.diff": [1.0, 2.0]}), bytes(range(256)) * 8, b""])
 def test_pickle_random_and_empty_files_are_refused_without_unpickling(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.safetensors"
@@ -134,7 +161,7 @@ def test_a_foreign_lora_is_refused_with_the_stock_loader_as_fix(tmp_path: Path) 
 def test_a_missing_token_file_names_the_token_and_the_fix(tmp_path: Path) -> None:
     kv = _write_run(tmp_path)
     (tmp_path / "embeddings" / "tl_ball.safetensors").unlink()
-    with pytest.raises(TLInputError, match="tl_ball.safetensors.*embeddings folders.*Fix: copy"):
+    with pytest.raises(TLInputError, match="run/tl_ball.safetensors.*embeddings folders.*Fix: copy"):
         apply.load_weights_file(kv, _lookup(tmp_path / "embeddings"), tmp_path)
 
 

@@ -29,9 +29,10 @@ def _spectrum_matrix(out: int, inp: int, singular: torch.Tensor, seed: int = 0) 
     return (u * singular.double()) @ v.T
 
 
-def _trained(deltas: dict[str, torch.Tensor]) -> TrainedWeights:
+def _trained(deltas: dict[str, torch.Tensor], run: str = "tl_run", steps: int = 10, seed: int = 0) -> TrainedWeights:
     vectors = {"tl_ball": {"clip_l": torch.linspace(-1, 1, 768).reshape(1, 768)}}
-    meta = weights.build_metadata(tokens=["tl_ball"], steps=10, base_model_family="SD15", base_hash="abc")
+    meta = weights.build_metadata(run_name=run, tokens=["tl_ball"], class_words=["ball"], steps=steps, seed=seed,
+                                  base_model_family="SD15", base_hash="abc")
     return TrainedWeights(kv_deltas=deltas, token_vectors=vectors, metadata=meta)
 
 
@@ -93,19 +94,20 @@ def test_empty_or_non_finite_deltas_are_refused(tmp_path: Path) -> None:
     bad = torch.ones(8, 8)
     bad[2, 3] = float("nan")
     path = tmp_path / "bad.safetensors"
-    expect_user_error(lambda: lora_export.save_kv_lora(path, _trained({KEY_K: bad}), 4), "tl_result", KEY_K)
+    expect_user_error(lambda: lora_export.save_kv_lora(path, _trained({KEY_K: bad}), 4, tmp_path),
+                      "tl_result", KEY_K)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_save_writes_the_lora_its_metadata_and_the_token_beside_it(tmp_path: Path) -> None:
+def test_save_writes_the_lora_its_metadata_and_the_token_where_no_lora_list_looks(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(3)
     deltas = {KEY_K: torch.randn(320, 768, generator=gen).half(), KEY_V: torch.randn(1280, 768, generator=gen).half()}
     trained = _trained(deltas)
-    path = tmp_path / lora_export.lora_file_name("tl_run", 4)
-    written = lora_export.save_kv_lora(path, trained, 4)
-    embedding = tmp_path / "tl_run_lora_r4_embeddings" / "tl_ball.safetensors"
+    path = lora_export.export_path(tmp_path, "tl_run", 4)
+    written = lora_export.save_kv_lora(path, trained, 4, tmp_path)
+    embedding = tmp_path / "embeddings" / "tl_run" / "tl_ball.safetensors"
     assert written == [path, embedding]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tl_run_lora_r4.safetensors", "tl_run_lora_r4_embeddings"]
+    assert [p.name for p in path.parent.iterdir()] == ["tl_run_lora_r4.safetensors"]  # only the LoRA in loras/
     tensors = load_file(str(path))
     expected, errors = lora_export.kv_lora_tensors(deltas, 4)
     assert set(tensors) == set(expected) and all(torch.equal(tensors[k], expected[k]) for k in tensors)
@@ -116,15 +118,38 @@ def test_save_writes_the_lora_its_metadata_and_the_token_beside_it(tmp_path: Pat
     recorded = json.loads(meta["relative_errors"])
     assert recorded == {lora_export.lora_module_name(k): pytest.approx(v, abs=1e-6) for k, v in errors.items()}
     assert 0.5 < float(meta["relative_error_mean"]) <= float(meta["relative_error_max"]) < 1.0
-    assert json.loads(meta["embeddings"]) == {"tl_ball": "tl_run_lora_r4_embeddings/tl_ball.safetensors"}
+    assert json.loads(meta["embeddings"]) == {"tl_ball": "tl_run/tl_ball.safetensors"}
+    assert meta["trigger"] == "embedding:tl_run/tl_ball ball"
     vectors, emb_meta = weights.load_embedding(embedding)
     assert torch.equal(vectors["clip_l"], trained.token_vectors["tl_ball"]["clip_l"])
     assert emb_meta["token"] == "tl_ball" and emb_meta["kind"] == "embedding"
     assert not apply.is_weights_file(path)  # a LoRA is not offered as a K/V file by Apply TL Weights
-    # Exporting again replaces the files in place, leaving no temporary file behind.
-    lora_export.save_kv_lora(path, trained, 4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tl_run_lora_r4.safetensors", "tl_run_lora_r4_embeddings"]
+    # Exporting the same run again replaces the LoRA in place and keeps the run's token file as it is.
+    stamp = weights.file_stamp(embedding)
+    lora_export.save_kv_lora(path, trained, 4, tmp_path)
+    assert [p.name for p in path.parent.iterdir()] == ["tl_run_lora_r4.safetensors"]
     assert [p.name for p in embedding.parent.iterdir()] == ["tl_ball.safetensors"]
+    assert weights.file_stamp(embedding) == stamp
+
+
+def test_an_export_never_replaces_another_runs_file(tmp_path: Path) -> None:
+    deltas = {KEY_K: torch.randn(320, 768, generator=torch.Generator().manual_seed(4)).half()}
+    first, second = _trained(deltas, run="run_a"), _trained(deltas, run="run_b", seed=7)
+    path = lora_export.export_path(tmp_path, "shared_name", 4)
+    lora_export.save_kv_lora(path, first, 4, tmp_path)
+    before = path.read_bytes()
+    expect_user_error(lambda: lora_export.save_kv_lora(path, second, 4, tmp_path), str(path), "run 'run_a'",
+                      "file_name")
+    assert path.read_bytes() == before
+    assert not (tmp_path / "embeddings" / "run_b").exists()  # refused before anything was written
+    # A run's full K/V file under the export's name (a run called shared_name_lora_r4) is not replaced either.
+    kv = lora_export.export_path(tmp_path, "other", 4)
+    weights.save_kv_deltas(kv, {KEY_K: torch.zeros(320, 768)}, {**first.metadata, "run_name": "other_lora_r4"})
+    expect_user_error(lambda: lora_export.save_kv_lora(kv, first, 4, tmp_path), str(kv), "other_lora_r4")
+    # The same run, resumed to more steps, exports over its own earlier file.
+    resumed = _trained(deltas, run="run_a", steps=20)
+    lora_export.save_kv_lora(path, resumed, 4, tmp_path)
+    assert weights.read_metadata(path)["steps"] == "20"
 
 
 def _trained_like(out: int, inp: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,8 @@ from textloc.config import (
 
 FIXTURES = sorted((REPO_ROOT / "tests" / "fixtures" / "first_layout_workflows").glob("*.json"))
 LAYOUT_JS = REPO_ROOT / "web" / "js" / "train_node_layout.js"
+# The options added after the first layout, at the defaults an old file's new options node gets.
+NOT_IN_FIRST_LAYOUT = {"lora_rank": 0, "embedding_name": "run/token", "denoise_region": "whole photo"}
 
 
 def _load(path: Path) -> dict:
@@ -45,7 +47,8 @@ def test_the_two_nodes_hold_every_training_setting_once() -> None:
     node_only = {"output_name", "resume"}  # where files go, not how to train
     assert set(TRAIN_NODE_WIDGETS) | set(TRAINING_OPTIONS_WIDGETS) == config_fields | node_only
     assert not set(TRAIN_NODE_WIDGETS) & set(TRAINING_OPTIONS_WIDGETS)
-    assert set(LEGACY_TRAIN_NODE_WIDGETS) == (set(TRAIN_NODE_WIDGETS) | set(TRAINING_OPTIONS_WIDGETS)) - {"lora_rank"}
+    assert set(LEGACY_TRAIN_NODE_WIDGETS) == (set(TRAIN_NODE_WIDGETS) | set(TRAINING_OPTIONS_WIDGETS)) - set(
+        NOT_IN_FIRST_LAYOUT)
 
 
 def test_the_editor_extension_uses_the_same_layouts() -> None:
@@ -76,7 +79,7 @@ def test_an_old_training_node_keeps_every_value(path: Path) -> None:
         options = by_id[link[1]]
         assert options["type"] == OPTIONS_NODE and link[3:5] == [node["id"], len(node["inputs"]) - 1]
         moved = dict(zip(TRAINING_OPTIONS_WIDGETS, options["widgets_values"], strict=True))
-        assert moved == {**{k: values[k] for k in TRAINING_OPTIONS_WIDGETS if k in values}, "lora_rank": 0}
+        assert moved == {**{k: values[k] for k in TRAINING_OPTIONS_WIDGETS if k in values}, **NOT_IN_FIRST_LAYOUT}
         for slot, inp in enumerate(node["inputs"][:-1]):  # the data links still arrive where they did
             assert _link(new, inp["link"])[3:5] == [node["id"], slot]
     assert migrate_workflow(new) == new  # a mapped-over file is left alone

@@ -3,6 +3,7 @@
 - a token that another word of the training prompt also spells (its class word, a template word,
   another concept's token): the trainable vector would replace every occurrence;
 - resume of a run name that has no checkpoint: it would silently start a fresh run;
+- a token name a prompt could not reach the run's file by, or an overwrite of a file no run wrote;
 - weights that became NaN or infinite: they would sample black images.
 """
 
@@ -13,13 +14,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from tl_assertions import expect_user_error as _user_error
 
-from textloc.config import TOKEN_MAX_LENGTH, TrainConfig, check_token_clashes, instance_prompt
+from textloc.config import (
+    EMBEDDING_PER_RUN,
+    EMBEDDING_SHARED,
+    TOKEN_MAX_LENGTH,
+    TrainConfig,
+    check_token_clashes,
+    instance_prompt,
+)
 from textloc.data.dataset import Concept, MultiConceptDataset, validate_token_name
 from textloc.training.loop import TrainingJob, TrainingStopped, stop_if_not_finite, train
-from textloc.training.run_files import RunFiles, plan_run
-from textloc.weights.files import STATE_FILE, checkpoint_dir_name
+from textloc.training.run_files import RunFiles, check_embedding_names, plan_run, prompt_embedding_name
+from textloc.weights.files import STATE_FILE, build_metadata, checkpoint_dir_name, save_embedding
 
 RES = 8
 
@@ -37,10 +46,11 @@ def _dataset(*concepts: Concept) -> MultiConceptDataset:
                                concepts=concepts)
 
 
-def _train(tmp_path: Path, dataset: MultiConceptDataset, **config) -> None:
+def _train(tmp_path: Path, dataset: MultiConceptDataset, embedding_folders: list[Path] | None = None,
+           **config) -> None:
     """The trainer must refuse before it touches the model: None stands in for model, CLIP and VAE."""
     train(TrainingJob(model=None, clip=None, vae=None, dataset=dataset, config=TrainConfig(**config),
-                      run=RunFiles("run", tmp_path)))
+                      run=RunFiles("run", tmp_path), embedding_folders=embedding_folders or []))
 
 
 # ---------------------------------------------------------------------------------------------- token clashes
@@ -153,6 +163,56 @@ def test_resume_of_an_existing_run_and_fresh_runs_still_work(tmp_path: Path) -> 
     run, resume_from = plan_run(tmp_path, "tl_ball", resume=False)
     assert (run.name, resume_from) == ("tl_ball_2", None)
     assert plan_run(tmp_path, "new_run", resume=False) == (RunFiles("new_run", tmp_path), None)
+
+
+# ---------------------------------------------------------------------------------------------- token names
+
+
+def test_two_runs_of_one_token_get_two_files_and_two_names(tmp_path: Path) -> None:
+    first, _ = plan_run(tmp_path, "tl_ball_run", resume=False)
+    assert first.embedding_path("tl_ball") == tmp_path / "embeddings" / "tl_ball_run" / "tl_ball.safetensors"
+    first.embedding_path("tl_ball").parent.mkdir(parents=True)
+    first.embedding_path("tl_ball").write_bytes(b"")  # a run killed after writing only its token
+    second, _ = plan_run(tmp_path, "tl_ball_run", resume=False)
+    assert second.name == "tl_ball_run_2"
+    assert second.embedding_path("tl_ball") == tmp_path / "embeddings" / "tl_ball_run_2" / "tl_ball.safetensors"
+    assert prompt_embedding_name(first, "tl_ball", EMBEDDING_PER_RUN) == "tl_ball_run/tl_ball"
+    assert prompt_embedding_name(second, "tl_ball", EMBEDDING_PER_RUN) == "tl_ball_run_2/tl_ball"
+    assert prompt_embedding_name(second, "tl_ball", EMBEDDING_SHARED) == "tl_ball"
+    assert second.shared_embedding_path("tl_ball") == tmp_path / "embeddings" / "tl_ball.safetensors"
+
+
+def test_a_token_name_an_earlier_embeddings_folder_answers_is_refused(tmp_path: Path) -> None:
+    """ComfyUI searches models/embeddings before output/embeddings: a file there would be what the prompt reads."""
+    models = tmp_path / "models" / "embeddings"
+    (models / "run").mkdir(parents=True)
+    (models / "tl_ball.safetensors").write_bytes(b"")
+    folders = [models, tmp_path / "embeddings"]
+    dataset = _dataset(_concept("tl_ball", "ball"))
+    _user_error(lambda: _train(tmp_path, dataset, folders, embedding_name=EMBEDDING_SHARED), "embedding_name",
+                str(models / "tl_ball.safetensors"), "'embedding:tl_ball'", "run/token")
+    check_embedding_names(RunFiles("run", tmp_path), ["tl_ball"], EMBEDDING_PER_RUN, folders)  # run/tl_ball is free
+    (models / "run" / "tl_ball.pt").write_bytes(b"")
+    _user_error(lambda: _train(tmp_path, dataset, folders), "output_name", str(models / "run" / "tl_ball.pt"))
+    assert not (tmp_path / "textual_localization").exists()
+
+
+def test_overwrite_replaces_only_a_file_that_a_run_wrote(tmp_path: Path) -> None:
+    run = RunFiles("run", tmp_path)
+    shared = run.shared_embedding_path("tl_ball")
+    shared.parent.mkdir(parents=True)
+    save_file({"clip_l": torch.zeros(1, 768)}, str(shared))  # the user's own embedding: no metadata of this pack
+    _user_error(lambda: _train(tmp_path, _dataset(_concept("tl_ball", "ball")), [tmp_path / "embeddings"],
+                               embedding_name=EMBEDDING_SHARED), "embedding_name", str(shared), "never overwritten",
+                "embedding:run/tl_ball")
+    check_embedding_names(run, ["tl_ball"], EMBEDDING_PER_RUN, [tmp_path / "embeddings"])  # not touched: allowed
+    save_embedding(shared, {"clip_l": torch.zeros(1, 768)}, build_metadata(run_name="earlier", token="tl_ball"))
+    check_embedding_names(run, ["tl_ball"], EMBEDDING_SHARED, [tmp_path / "embeddings"])  # an earlier run's: asked for
+
+
+def test_an_unknown_way_to_name_the_token_is_refused() -> None:
+    _user_error(lambda: TrainConfig(embedding_name="token").validate(), "embedding_name", "run/token",
+                "token (overwrite)")
 
 
 # ---------------------------------------------------------------------------------------------- non-finite weights

@@ -25,7 +25,7 @@ from PIL import Image
 from .. import __version__, host
 from ..attention.capture import AttentionRecorder, CaptureSpec, first_rows, install_recorder
 from ..attention.localization import attention_iou, attention_mass_inside
-from ..config import TrainConfig, instance_prompt, use_checkpointing
+from ..config import EMBEDDING_SHARED, TrainConfig, instance_prompt, use_checkpointing
 from ..data.dataset import MultiConceptDataset
 from ..errors import TLInputError
 from ..evaluation.pictures import attention_sheet, loss_chart, note_picture, to_pil
@@ -55,7 +55,7 @@ from .losses import (
     prior_loss,
     token_attention_map,
 )
-from .run_files import RunFiles
+from .run_files import RunFiles, check_embedding_names, prompt_embedding_name
 from .token_embedding import (
     PromptTokens,
     TrainableToken,
@@ -107,12 +107,14 @@ class TrainResult:
     trigger_text: str
     localization: dict[str, dict[str, list[float]]]  # "before"/"after" -> measures per concept
     loss_chart: torch.Tensor  # IMAGE [1, H, W, 3]: total/denoise/prior/attention per step, log scale
+    embedding_names: dict[str, str] = field(default_factory=dict)  # token -> what follows `embedding:`
     files: list[Path] = field(default_factory=list)
 
     def weights(self) -> TrainedWeights:
         return TrainedWeights(
             kv_deltas=self.kv_deltas, token_vectors=self.token_vectors, metadata=self.metadata,
-            kv_path=self.run.kv_path, embedding_paths={t: self.run.embedding_path(t) for t in self.token_vectors})
+            kv_path=self.run.kv_path, embedding_paths={t: self.run.embedding_path(t) for t in self.token_vectors},
+            embedding_names=self.embedding_names)
 
 
 @dataclass
@@ -129,6 +131,9 @@ class TrainingJob:
     node_id: str | None = None
     workflow: dict[str, Any] | None = None
     on_step: Callable[[StepLosses], None] | None = None
+    # ComfyUI's embeddings folders in search order: a token file found before output/embeddings would
+    # shadow the run's `embedding:` name, which is refused before training (empty: not checked)
+    embedding_folders: list[Path] = field(default_factory=list)
 
 
 def _autocast(device: torch.device, precision: str) -> Any:
@@ -189,8 +194,11 @@ class _Trainer:
             c.class_images is not None and len(c.class_images) > 0 for c in self.concepts)
         self.config = job.config.resolved(len(self.concepts), self.with_prior, dataset.resolution)
         self.config.validate()
-        # Before anything is loaded: refuses a token that the rest of the prompt also spells.
+        # Before anything is loaded: refuses a token that the rest of the prompt also spells, or a token
+        # name a prompt could not reach this run's file by.
         self.prompt_text = instance_prompt(self.config, [(c.token, c.class_word) for c in self.concepts])
+        check_embedding_names(job.run, [c.token for c in self.concepts], self.config.embedding_name,
+                              job.embedding_folders)
         self.device = host.torch_device()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.history: list[dict[str, float]] = []
@@ -409,7 +417,7 @@ class _Trainer:
             steps=steps_done, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
             resolution=self.job.dataset.resolution, seed=cfg.seed, prompt=self.prompt_text,
             trained=["q", "k", "v"] if cfg.train_q else ["k", "v"], train_token=cfg.train_token,
-            base_model_family=host.model_family(self.job.model), base_hash=self.base_hash,
+            run_name=self.job.run.name, base_model_family=host.model_family(self.job.model), base_hash=self.base_hash,
             base_model_prediction=host.model_prediction(self.job.model),
             dataset=self.job.dataset.name, pack_version=__version__, attention_resolutions=self.resolutions,
             token_positions=self.token_positions, denoise_region=cfg.denoise_region,
@@ -441,6 +449,9 @@ class _Trainer:
         for token, tok in self.tokens.items():
             save_embedding(run.embedding_path(token), tok.state(), {**meta, "token": token})
             files.append(run.embedding_path(token))
+            if self.config.embedding_name == EMBEDDING_SHARED:  # asked for: replaces an earlier run's file
+                save_embedding(run.shared_embedding_path(token), tok.state(), {**meta, "token": token})
+                files.append(run.shared_embedding_path(token))
         run.run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run.loss_path, {"history": self.history, "metadata": meta})
         files.append(run.loss_path)
@@ -540,14 +551,16 @@ def train(job: TrainingJob) -> TrainResult:
         files = trainer.save_final(cfg.steps, preview, chart, meta)
         trained = job.model.clone()
         trained.add_patches(as_diff_patches(kv), 1.0)
-        trigger = " and ".join(f"embedding:{c.token} {c.class_word}" for c in trainer.concepts)
+        names = {c.token: prompt_embedding_name(job.run, c.token, cfg.embedding_name) for c in trainer.concepts}
+        trigger = " and ".join(f"embedding:{names[c.token]} {c.class_word}" for c in trainer.concepts)
         result = TrainResult(
             model=trained, clip=job.clip, run=job.run, kv_deltas=kv,
             token_vectors={t: tok.state() for t, tok in trainer.tokens.items()},
             metadata=meta, loss_history=trainer.history, steps_done=cfg.steps,
             attention_preview=preview, trigger_text=trigger, localization=localization, loss_chart=chart,
-            files=files)
+            embedding_names=names, files=files)
         if cfg.lora_rank:  # the same deltas as a standard low-rank LoRA, for loaders outside this pack
             lora_path = export_path(job.run.output_dir, job.run.name, cfg.lora_rank)
-            result.files += save_kv_lora(lora_path, result.weights(), cfg.lora_rank)
+            result.files += [file for file in save_kv_lora(lora_path, result.weights(), cfg.lora_rank,
+                                                           job.run.output_dir) if file not in result.files]
         return result

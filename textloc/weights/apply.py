@@ -5,9 +5,10 @@ ModelPatcher with `("diff", (delta,))` patches (W += strength * delta when the m
 the base model and every other branch of the graph stay as they are.
 
 Text side: ComfyUI's tokenizer turns `embedding:NAME` into vectors read from the embeddings folders
-(comfy/sd1_clip.py, `SDTokenizer._try_get_embedding`). `clip_with_tokens` returns a CLIP clone whose
-tokenizer objects are shallow copies that answer the concept tokens from memory and fall back to
-the stock file lookup for every other name. That makes three things possible that files alone
+(comfy/sd1_clip.py, `SDTokenizer._try_get_embedding`); NAME may hold a folder, and a run's tokens are
+`<run>/<token>` (output/embeddings/<run>/<token>.safetensors). `clip_with_tokens` returns a CLIP clone
+whose tokenizer objects are shallow copies that answer the concept tokens from memory, by the token
+and by its run's name, and fall back to the stock file lookup for every other name. That makes three things possible that files alone
 cannot: results held in memory (straight from the trainer), token strengths other than 1, and
 several concepts applied in a chain. The incoming CLIP and its tokenizer are never modified.
 
@@ -34,7 +35,7 @@ import torch
 from .. import host
 from ..errors import TLInputError
 from ..training.kv_deltas import as_diff_patches
-from ..training.run_files import RunFiles
+from ..training.run_files import EMBEDDING_SUFFIXES, SAFETENSORS, RunFiles
 from ..training.token_embedding import single_token_ids, text_encoder_branches
 from .files import (
     EMBEDDINGS_DIR,
@@ -52,20 +53,11 @@ from .files import (
     metadata_value,
     read_metadata,
 )
-from .trained import TrainedWeights
+from .trained import TrainedWeights, same_run
 
 log = logging.getLogger("textual_localization")
 
 NONE = "none"
-SAFETENSORS = ".safetensors"
-EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")  # what ComfyUI's embedding lookup tries
-
-# Metadata keys that identify one training run; an embedding file belongs to a K/V file when all
-# keys present in both agree (the trainer writes the same values into both files).
-RUN_KEYS = (
-    "tokens", "class_words", "init_words", "guidance", "attention_weight", "prior_weight", "steps",
-    "learning_rate", "batch_size", "resolution", "seed", "prompt", "base_hash", "dataset",
-)
 
 Resolve = Callable[[str], "str | Path | None"]
 """A folder lookup such as `lambda name: folder_paths.get_full_path("loras", name)`."""
@@ -133,6 +125,18 @@ def resolve_weights_name(name: str, resolve: Resolve, folders: list[str] | None 
     return path
 
 
+def _run_name(kv_path: Path, metadata: Mapping[str, str]) -> str:
+    """The run a K/V file comes from: as recorded, else the file's name (the trainer names it after the run)."""
+    return metadata.get("run_name") or kv_path.stem
+
+
+def _embedding_file_names(token: str, kv_path: Path, metadata: Mapping[str, str]) -> list[str]:
+    """The names a K/V file's token may have in the embeddings folders, the run's own first:
+    `<run>/<token>` (every run since runs got their own folder), then `<token>` (older runs, or a run
+    asked to overwrite it)."""
+    return [f"{_run_name(kv_path, metadata)}/{token}", token]
+
+
 def weights_fingerprint(name: str, resolve: Resolve, find_embedding: Resolve) -> tuple | str:
     """Size and mtime of a K/V file and of its tokens' embedding files.
 
@@ -146,19 +150,16 @@ def weights_fingerprint(name: str, resolve: Resolve, find_embedding: Resolve) ->
         if found is None:
             return name
         paths = [Path(found)]
-        tokens = metadata_value(read_metadata(paths[0]), "tokens", [])
+        metadata = read_metadata(paths[0])
+        tokens = metadata_value(metadata, "tokens", [])
         for token in tokens if isinstance(tokens, list) else []:
-            embedding = find_embedding(f"{token}{SAFETENSORS}")
-            if embedding is not None:
-                paths.append(Path(embedding))
+            for file_name in _embedding_file_names(token, paths[0], metadata):
+                embedding = find_embedding(f"{file_name}{SAFETENSORS}")
+                if embedding is not None:
+                    paths.append(Path(embedding))
         return tuple((str(p), *file_stamp(p)) for p in paths)
     except (OSError, ValueError):
         return name
-
-
-def _same_run(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
-    shared = [k for k in RUN_KEYS if k in a and k in b]
-    return bool(shared) and all(a[k] == b[k] for k in shared)
 
 
 def _checkpoint_embeddings(kv_path: Path, metadata: Mapping[str, str], output_dir: Path | None) -> list[Path]:
@@ -166,7 +167,8 @@ def _checkpoint_embeddings(kv_path: Path, metadata: Mapping[str, str], output_di
     steps = metadata_value(metadata, "steps")
     if output_dir is None or not isinstance(steps, int):
         return []
-    folder = RunFiles(kv_path.stem, output_dir).checkpoints_dir / checkpoint_dir_name(steps) / EMBEDDINGS_DIR
+    folder = (RunFiles(_run_name(kv_path, metadata), output_dir).checkpoints_dir / checkpoint_dir_name(steps)
+              / EMBEDDINGS_DIR)
     return sorted(folder.glob(f"*{SAFETENSORS}")) if folder.is_dir() else []
 
 
@@ -176,29 +178,34 @@ def _load_token(
     metadata: Mapping[str, str],
     find_embedding: Resolve,
     output_dir: Path | None,
-) -> tuple[dict[str, torch.Tensor], Path]:
-    """The vectors of one token of a K/V file: from the embeddings folders, else the run's checkpoint.
+) -> tuple[dict[str, torch.Tensor], Path, str]:
+    """(vectors, file, name a prompt reaches it by) for one token of a K/V file.
 
-    A token name is shared by every run that trains it, so the file in the embeddings folders may
-    come from a later run; its metadata tells, and then the run's own final checkpoint is used.
+    Looked up in the embeddings folders as `<run>/<token>`, then as `<token>`, then in the run's own
+    final checkpoint. A plain `<token>` file is shared by every run that trains that token, so it may
+    come from another run; its metadata tells, and then the next candidate is used. A token found
+    only in the checkpoint is named by the token itself, which the CLIP from Apply answers from memory.
     """
-    found = find_embedding(f"{token}{SAFETENSORS}")
-    candidates = [Path(found)] if found is not None else []
-    candidates += _checkpoint_embeddings(kv_path, metadata, output_dir)
+    candidates: list[tuple[Path, str]] = []
+    for file_name in _embedding_file_names(token, kv_path, metadata):
+        found = find_embedding(f"{file_name}{SAFETENSORS}")
+        if found is not None:
+            candidates.append((Path(found), file_name))
+    candidates += [(path, token) for path in _checkpoint_embeddings(kv_path, metadata, output_dir)]
     foreign: list[Path] = []
-    unknown: tuple[dict[str, torch.Tensor], Path] | None = None
-    for path in candidates:
+    unknown: tuple[dict[str, torch.Tensor], Path, str] | None = None
+    for path, name in candidates:
         vectors, meta = load_embedding(path)
         if meta.get(META_FORMAT) != FORMAT_NAME:
-            unknown = unknown or (vectors, path)
+            unknown = unknown or (vectors, path, name)
             continue
         if meta.get("token", token) != token:
             continue
-        if _same_run(metadata, meta):
+        if same_run(metadata, meta):
             if foreign:
                 log.warning("%s is from another training run than %s; using %s. Plain embedding:%s prompts "
                             "without Apply TL Weights get the other run's token.", foreign[0], kv_path, path, token)
-            return vectors, path
+            return vectors, path, name
         foreign.append(path)
     if unknown is not None:
         log.warning("%s carries no training metadata; assuming it belongs to %s.", unknown[1], kv_path)
@@ -210,12 +217,12 @@ def _load_token(
             "(the token was trained again since), and that run's own checkpoint was not found.",
             f"apply the K/V file of the run that wrote {foreign[0].name}, or train '{kv_path.stem}' again.",
         )
+    own = f"{_run_name(kv_path, metadata)}/{token}{SAFETENSORS}"
     raise TLInputError(
         f"token '{token}'",
-        f"the weights '{kv_path.name}' need the embedding file {token}{SAFETENSORS}, which is not in "
-        "ComfyUI's embeddings folders.",
-        f"copy {token}{SAFETENSORS} (written next to the K/V file by the trainer, in output/embeddings/) "
-        "into models/embeddings/.",
+        f"the weights '{kv_path.name}' need the embedding file {own} (or {token}{SAFETENSORS} from older "
+        "runs), which is not in ComfyUI's embeddings folders.",
+        f"copy {own} (written by the trainer in output/embeddings/) into models/embeddings/, keeping its folder.",
     )
 
 
@@ -233,10 +240,12 @@ def load_weights_file(kv_path: Path, find_embedding: Resolve, output_dir: Path |
         raise TLInputError(str(kv_path), "names no tokens in its metadata.", "train the weights again with this pack.")
     vectors: dict[str, dict[str, torch.Tensor]] = {}
     paths: dict[str, Path] = {}
+    names: dict[str, str] = {}
     for token in tokens:
-        vectors[token], paths[token] = _load_token(token, kv_path, metadata, find_embedding, output_dir)
+        vectors[token], paths[token], names[token] = _load_token(token, kv_path, metadata, find_embedding,
+                                                                 output_dir)
     return TrainedWeights(kv_deltas=deltas, token_vectors=vectors, metadata=metadata, kv_path=kv_path,
-                          embedding_paths=paths)
+                          embedding_paths=paths, embedding_names=names)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -386,12 +395,22 @@ class AppliedWeights:
 
 
 def trigger_text(weights: TrainedWeights) -> str:
-    """What to type for the concepts: 'embedding:tl_ball ball and embedding:tl_box box'."""
+    """What to type for the concepts: 'embedding:run/tl_ball ball and embedding:run/tl_box box'."""
     class_words = _metadata_list(weights, "class_words")
-    tokens = list(weights.token_vectors)
-    if len(class_words) != len(tokens):
-        return " and ".join(f"embedding:{t}" for t in tokens)
-    return " and ".join(f"embedding:{t} {c}" for t, c in zip(tokens, class_words, strict=True))
+    names = [weights.embedding_name(t) for t in weights.token_vectors]
+    if len(class_words) != len(names):
+        return " and ".join(f"embedding:{n}" for n in names)
+    return " and ".join(f"embedding:{n} {c}" for n, c in zip(names, class_words, strict=True))
+
+
+def by_prompt_name(weights: TrainedWeights, vectors: Mapping[str, Mapping[str, torch.Tensor]]
+                   ) -> dict[str, Mapping[str, torch.Tensor]]:
+    """Each token's vectors under every name a prompt may use for it: the token and `<run>/<token>`."""
+    named: dict[str, Mapping[str, torch.Tensor]] = {}
+    for token, vector in vectors.items():
+        named[token] = vector
+        named[weights.embedding_name(token)] = vector
+    return named
 
 
 def apply_weights(
@@ -405,5 +424,5 @@ def apply_weights(
         if len(keys) != len(weights.kv_deltas):
             raise TLInputError(what, f"only {len(keys)} of {len(weights.kv_deltas)} K/V deltas matched the model.",
                                "load the checkpoint the weights were trained on.")
-    clip_out = clip_with_tokens(clip, blended_token_vectors(clip, weights, strength_token))
+    clip_out = clip_with_tokens(clip, by_prompt_name(weights, blended_token_vectors(clip, weights, strength_token)))
     return AppliedWeights(model=patched, clip=clip_out, trigger=trigger_text(weights))

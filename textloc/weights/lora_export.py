@@ -23,9 +23,14 @@ rule), diffusers converts them (its SGM block mapping), and kohya's SDXL LoRAs u
 Tensors are stored in fp16, as nearly every shared LoRA is.
 
 The token embedding is not bundled into the LoRA ("bundle_emb.<token>.string_to_param.*", which
-A1111 reads) because ComfyUI's LoRA loaders report such keys as "lora key not loaded". It is written
-beside the LoRA instead, in `<lora name>_embeddings/<token>.safetensors` (the embedding format of
-ComfyUI and A1111), so a shared LoRA travels with its token and `embedding:<token>` keeps its name.
+A1111 reads) because ComfyUI's LoRA loaders report such keys as "lora key not loaded". Nor is it put
+beside the LoRA: every LoRA list would then offer it as a LoRA. The pair is the LoRA and the run's own
+token file, `output/embeddings/<run>/<token>.safetensors`, which ComfyUI's embedding lookup reads as
+`embedding:<run>/<token>` (written here when the trainer's copy is missing). The LoRA's metadata names
+that file (`embeddings`) and the prompt to type (`trigger`).
+
+An export never replaces another run's file: a file of the same name is replaced only when its
+metadata says it came from the same run (e.g. the run exported again after a resume).
 """
 
 from __future__ import annotations
@@ -37,17 +42,19 @@ from pathlib import Path
 import torch
 
 from ..errors import TLInputError
-from ..training.run_files import PACK_FOLDER, RUN_NAME
+from ..training.run_files import PACK_FOLDER, RUN_NAME, RunFiles
 from .files import (
     META_KIND,
     MODEL_PREFIX,
     NOT_FINITE_FIX,
     WEIGHT_SUFFIX,
     build_metadata,
+    metadata_value,
+    read_metadata,
     save_embedding,
     save_tensors,
 )
-from .trained import TrainedWeights
+from .trained import TrainedWeights, same_run
 
 LORA_PREFIX = "lora_unet_"
 DOWN_SUFFIX = ".lora_down.weight"
@@ -55,7 +62,6 @@ UP_SUFFIX = ".lora_up.weight"
 ALPHA_SUFFIX = ".alpha"
 LORA_DTYPE = torch.float16
 KIND_KV_LORA = "kv_lora"
-EMBEDDINGS_SUFFIX = "_embeddings"
 # The largest rank any supported family's K/V layer can use: a layer's limit is its smaller side, at most
 # 768 on SD1.x (text width), 1024 on SD2.x and 1280 on SDXL (1280 x 2048). A larger rank keeps every layer
 # exact, as its own limit does.
@@ -191,11 +197,17 @@ def lora_file_name(base_name: str, rank: int) -> str:
     return f"{base_name}_lora_r{check_rank(rank)}.safetensors"
 
 
+def run_name_of(weights: TrainedWeights) -> str:
+    """The training run a result comes from: as recorded, else its K/V file's name (older results)."""
+    recorded = weights.metadata.get("run_name")
+    if recorded:
+        return recorded
+    return weights.kv_path.stem if weights.kv_path is not None else "_".join(weights.tokens) or "tl"
+
+
 def export_base_name(weights: TrainedWeights, file_name: str = "") -> str:
-    """The name an export starts with: `file_name` if given, else the run's (its K/V file's) name."""
-    name = file_name.strip()
-    if not name:
-        name = weights.kv_path.stem if weights.kv_path is not None else "_".join(weights.tokens) or "tl"
+    """The name an export starts with: `file_name` if given, else the run's name."""
+    name = file_name.strip() or run_name_of(weights)
     if not RUN_NAME.match(name):
         raise TLInputError("file_name", f"'{name}' is not a usable file name.",
                            "use letters, digits, '_', '-' or '.', e.g. tl_ball_run (or leave it empty for the "
@@ -208,23 +220,56 @@ def export_path(output_dir: Path, base_name: str, rank: int) -> Path:
     return Path(output_dir) / "loras" / PACK_FOLDER / lora_file_name(base_name, rank)
 
 
-def embeddings_folder(lora_path: Path) -> Path:
-    """Where the tokens of a LoRA file go: `<lora name>_embeddings/` beside it."""
-    lora_path = Path(lora_path)
-    return lora_path.with_name(lora_path.stem + EMBEDDINGS_SUFFIX)
+def export_trigger(weights: TrainedWeights, run: RunFiles) -> str:
+    """What to type for the exported LoRA's tokens: 'embedding:tl_ball_run/tl_ball ball'."""
+    tokens = weights.tokens
+    class_words = metadata_value(weights.metadata, "class_words", [])
+    if not isinstance(class_words, list) or len(class_words) != len(tokens):
+        class_words = [""] * len(tokens)
+    return " and ".join(f"embedding:{run.embedding_name(t)} {c}".strip()
+                        for t, c in zip(tokens, class_words, strict=True))
 
 
-def save_kv_lora(path: Path, weights: TrainedWeights, rank: int) -> list[Path]:
-    """Write `weights` as a LoRA at `path` and each token beside it; return the files written (LoRA first).
+def _from_the_same_run(existing: Mapping[str, str], new: Mapping[str, str]) -> bool:
+    """Run names are unique in an output folder, so one name means one run (resumed or not); files from
+    before run names were recorded are compared by the rest of their run's metadata."""
+    if "run_name" in existing and "run_name" in new:
+        return existing["run_name"] == new["run_name"]
+    return same_run(existing, new, ignore=("steps",))
 
-    Every file is written atomically; an existing export of the same name is replaced. The LoRA's
-    metadata carries the run's metadata plus the rank and the per-layer relative error.
+
+def _refuse_another_runs_file(path: Path, run_meta: Mapping[str, str]) -> None:
+    if not path.exists():
+        return
+    try:
+        existing = read_metadata(path)
+    except (OSError, ValueError):
+        existing = {}
+    if not _from_the_same_run(existing, run_meta):
+        owner = existing.get("run_name")
+        raise TLInputError(
+            str(path),
+            f"already exists and holds {f'run {owner!r}' if owner else 'another file'}, not this run "
+            f"'{run_meta.get('run_name', '?')}'; an export never replaces another run's file.",
+            "set Export TL LoRA's file_name to another name, or move that file away.",
+        )
+
+
+def save_kv_lora(path: Path, weights: TrainedWeights, rank: int, output_dir: Path) -> list[Path]:
+    """Write `weights` as a LoRA at `path`; return it and the run's token files (LoRA first).
+
+    The tokens stay in the run's folder of `output_dir`/embeddings (written there if missing), where no
+    LoRA list looks. Writes are atomic; a file of the same name is replaced only when it came from the
+    same run. The LoRA's metadata carries the run's metadata plus the rank, the per-layer relative
+    error, the token files and the prompt to type.
     """
     path = Path(path)
     tensors, errors = kv_lora_tensors(weights.kv_deltas, rank)
-    folder = embeddings_folder(path)
-    token_files = {token: folder / f"{token}.safetensors" for token in weights.token_vectors}
+    run = RunFiles(run_name_of(weights), Path(output_dir))
+    token_files = {token: run.embedding_path(token) for token in weights.token_vectors}
     run_meta = {k: v for k, v in weights.metadata.items() if k != META_KIND}
+    for file in [path, *token_files.values()]:
+        _refuse_another_runs_file(file, run_meta)
     values = list(errors.values())
     kept = max(int(t.shape[0]) for key, t in tensors.items() if key.endswith(DOWN_SUFFIX))
     lora_meta = {
@@ -238,7 +283,8 @@ def save_kv_lora(path: Path, weights: TrainedWeights, rank: int) -> list[Path]:
             relative_errors={lora_module_name(k): round(v, 6) for k, v in errors.items()},
             relative_error_mean=round(sum(values) / len(values), 6),
             relative_error_max=round(max(values), 6),
-            embeddings={token: f"{folder.name}/{file.name}" for token, file in token_files.items()},
+            embeddings={token: file.relative_to(run.embeddings_root).as_posix() for token, file in token_files.items()},
+            trigger=export_trigger(weights, run),
         ),
         # What kohya's own tools and the A1111/Forge info panels read to show a LoRA's size.
         "ss_network_module": "networks.lora",
@@ -247,6 +293,7 @@ def save_kv_lora(path: Path, weights: TrainedWeights, rank: int) -> list[Path]:
         META_KIND: KIND_KV_LORA,
     }
     for token, file in token_files.items():
-        save_embedding(file, weights.token_vectors[token], {**run_meta, "token": token})
+        if not file.exists():  # the trainer wrote it; a result whose file was removed gets it back
+            save_embedding(file, weights.token_vectors[token], {**run_meta, "token": token})
     save_tensors(path, tensors, lora_meta)
     return [path, *token_files.values()]

@@ -15,14 +15,15 @@ const TRAIN_NODE_WIDGETS = ["guidance", "steps", "output_name", "resume"];
 const TRAINING_OPTIONS_WIDGETS = [
   "attention_weight", "learning_rate", "batch_size", "prior_weight", "seed", "checkpoint_every", "precision",
   "gradient_checkpointing", "train_token", "train_q", "prompt", "concept_phrase", "weight_decay", "grad_clip",
-  "preview_every", "attention_size", "lora_rank",
+  "preview_every", "attention_size", "lora_rank", "embedding_name", "denoise_region",
 ];
 const LEGACY_TRAIN_NODE_WIDGETS = [
   "guidance", "attention_weight", "steps", "learning_rate", "batch_size", "prior_weight", "seed",
   "checkpoint_every", "output_name", "resume", "precision", "gradient_checkpointing", "train_token", "train_q",
   "prompt", "concept_phrase", "weight_decay", "grad_clip", "preview_every", "attention_size",
 ];
-const OPTIONS_DEFAULT_LORA_RANK = 0; // the one option the first layout did not have
+// The options the first layout did not have, at their defaults (textloc/config.py's TrainConfig).
+const OPTIONS_NOT_IN_FIRST_LAYOUT = { lora_rank: 0, embedding_name: "run/token", denoise_region: "whole photo" };
 const OPTIONS_NODE_SIZE = [340, 560];
 
 // Saved links are arrays [id, origin_id, origin_slot, target_id, target_slot, type] in the 0.4 format
@@ -85,7 +86,7 @@ function splitTrainNode(graph, node) {
     order: node.order ?? 0, mode: node.mode ?? 0, inputs: optionsInputs,
     outputs: [{ name: "options", type: OPTIONS_TYPE, links: [newLinkId], slot_index: 0 }],
     properties: { "Node name for S&R": OPTIONS_NODE },
-    widgets_values: TRAINING_OPTIONS_WIDGETS.map((name) => (name in old ? old[name] : OPTIONS_DEFAULT_LORA_RANK)),
+    widgets_values: TRAINING_OPTIONS_WIDGETS.map((name) => (name in old ? old[name] : OPTIONS_NOT_IN_FIRST_LAYOUT[name])),
   });
   const slot = keptInputs.length - 1;
   graph.links.push(graph.links.length && !Array.isArray(graph.links[0])
