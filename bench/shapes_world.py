@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="class images per concept for prior preservation (0: prior off)")
     parser.add_argument("--masked-region", default=world.WORLD_DENOISE_REGION_MASKED)
     parser.add_argument("--images", type=int, default=64, help="pictures per run, seed and length (token prompt)")
-    parser.add_argument("--context-images", type=int, default=32, help="pictures per context and drift prompt")
+    parser.add_argument("--context-images", type=int, default=16, help="pictures per context and drift prompt")
+    parser.add_argument("--workers", type=int, default=2, help="processes of one thread each")
     parser.add_argument("--data", type=Path, default=common.ROOT / "sample_data")
     parser.add_argument("--out", type=Path, default=common.RESULTS_DIR / "shapes_world")
     parser.add_argument("--name", default="shapes_world")
@@ -174,7 +175,9 @@ def class_images(models: tuple[Any, Any, Any], words: list[str], count: int) -> 
 
 def save_grid(path: Path, rows: list[np.ndarray], per_row: int = 8) -> None:
     """Pictures in rows of `per_row`, scaled x2 so a person can see them."""
-    lines = [np.concatenate(list(r[i:i + per_row]), axis=1) for r in rows for i in range(0, len(r), per_row)]
+    blank = np.full_like(rows[0][0], 255)
+    lines = [np.concatenate([*r[i:i + per_row], *[blank] * (per_row - len(r[i:i + per_row]))], axis=1)
+             for r in rows for i in range(0, len(r), per_row)]
     grid = np.concatenate(lines, axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(path)
@@ -253,6 +256,36 @@ def full_scores(state: Applied, sets: dict[str, Any], config: Any, args: argpars
     return rates, shares
 
 
+def score_run(models: tuple[Any, Any, Any], clip: Any, sets: dict[str, Any], config: Any, tokens: Any,
+              args: argparse.Namespace, label: str, work: Path, sample_seed: int,
+              keep_pictures: bool) -> dict[str, float]:
+    """Localisation on both image sets, the token prompt's fidelity and leakage and how often the three
+    contexts are followed, `args.images` pictures each (what bench/auto_masks.py compares runs by)."""
+    from textloc.weights.apply import clip_with_tokens
+
+    model, _, vae = models
+    state = Applied(model, clip_with_tokens(clip, tokens) if tokens else clip, vae, tokens)
+    scores: dict[str, float] = {}
+    for split, data in sets.items():
+        measures, maps = evaluate(model, clip, vae, data, config, tokens, work)
+        scores[f"{split} own"] = measures["inside_own_mask"][0]
+        scores[f"{split} other"] = measures["inside_other_objects"][0]
+        if keep_pictures:
+            save_overlays(args.out / f"{label}_{split}_attention.png", data.images, maps[:, 0], data.concepts[0].masks)
+    rates, pictures = picture_rates(state, TOKEN_PROMPT, args.images, sample_seed)
+    rows = [pictures[:8]]
+    scores.update(fidelity=rates["fidelity"].value, leakage=rates["leakage"].value)
+    follows = []
+    for prompt, wanted in CONTEXT_PROMPTS:
+        got, pictures = picture_rates(state, prompt, args.images, sample_seed, wanted=wanted)
+        follows.append(got["follows"].value)
+        rows.append(pictures[:8])
+    scores["context follows"] = float(np.mean(follows))
+    if keep_pictures:
+        save_grid(args.out / f"{label}_generated.png", rows)
+    return scores
+
+
 def two_concept_scores(state: Applied, args: argparse.Namespace, seed: int, label: str,
                        keep_pictures: bool) -> dict[str, Rate]:
     """Each token alone (its own object, the other's), and both in one prompt (composition)."""
@@ -304,10 +337,14 @@ def targets(sweep: dict[str, dict[int, dict[str, list[Rate]]]], primary: dict[st
             "measured": ", ".join(f"{n}: {pooled(v['leakage'])}" for n, v in sorted(sweep.get("none", {}).items())),
             "verdict": "not found"}
     green_before = before["green floor"].value
+    others = [k for k in before if k.startswith("other prompt") and k.endswith("follows")]
     for run, scores in primary.items():
         green = pooled(scores["green floor"]).value
         out[f"drift, {run}: green floors within 10 points of before ({green_before:.2f})"] = {
             "measured": f"{green:.2f}", "verdict": "met" if green - green_before <= 0.10 else "missed"}
+        kept = [pooled(scores[k]).value - before[k].value for k in others]
+        out[f"drift, {run}: prompts without the token followed within 10 points of before"] = {
+            "measured": ", ".join(f"{d:+.2f}" for d in kept), "verdict": "met" if min(kept) >= -0.10 else "missed"}
     if "none" in primary:
         none_fidelity = pooled(primary["none"]["fidelity"]).value
         for run, scores in primary.items():
@@ -327,6 +364,14 @@ def targets(sweep: dict[str, dict[int, dict[str, list[Rate]]]], primary: dict[st
 
 
 # ---------------------------------------------------------------------------------------------- main
+
+
+def _prepare_checkpoint() -> Path:
+    """Assemble the world checkpoint once, before the workers load it."""
+    common.boot("pytorch")
+    from shapes_world.model import ensure_world_checkpoint
+
+    return ensure_world_checkpoint()
 
 
 def load_world(data: Path) -> tuple[Path, tuple[Any, Any, Any], dict[str, Any]]:
@@ -359,82 +404,157 @@ def write_world_result(args: argparse.Namespace, data: dict[str, Any], config: A
     return data
 
 
-def _timed(label: str, fn: Callable[[], Any]) -> Any:
+# ---------------------------------------------------------------------------------------------- jobs
+# The work is a list of jobs (the untrained model, then each run of each seed), spread over worker processes
+# of one thread each: the world's tiny layers keep one core busy better than two threads share it.
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    kind: str  # "before", "one" (one concept) or "two" (two concepts)
+    run: str = ""
+    seed: int = 0
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(args: argparse.Namespace) -> None:
+    """Each worker loads the world, the class images (the same seed in every worker) and the sets once."""
+    torch.set_num_threads(1)
+    checkpoint, models, _ = load_world(args.data)
+    classes = class_images(models, [PAIR.new_shape, PAIR.distractor_shape], args.class_images)
+    _WORKER.update(args=args, checkpoint=checkpoint, models=models, classes=classes,
+                   sets=load_sets(args.data, classes), pair_sets=load_sets(args.data, classes, two_concepts=True),
+                   work=Path(tempfile.mkdtemp(prefix="tl_shapes_world_")))
+
+
+def _config(args: argparse.Namespace, run: str, seed: int, steps: int, every: int = 0) -> Any:
+    guidance, region = RUNS[run]
+    if region != "whole photo":
+        region = args.masked_region
+    return train_config(guidance, seed, steps, args.learning_rate, denoise_region=region,
+                        prior=args.class_images > 0, checkpoint_every=every)
+
+
+def _as_data(rates: dict[str, Rate]) -> dict[str, Any]:
+    return {k: v.as_dict() for k, v in rates.items()}
+
+
+def _from_data(data: dict[str, Any]) -> dict[str, Rate]:
+    return {k: Rate(v["successes"], v["pictures"], v["confidence"]) for k, v in data.items()}
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train (unless "before") and score one run; every length of the sweep for the sweep runs."""
+    args, models, work = _WORKER["args"], _WORKER["models"], _WORKER["work"]
     started = time.monotonic()
-    out = fn()
-    print(f"  {label}: {time.monotonic() - started:.0f} s", flush=True)
+    keep = job.seed == int(names(args.seeds)[0])  # pictures of the first seed are saved
+    if job.kind == "before":
+        rates, shares = full_scores(applied(models, None, None), _WORKER["sets"], _config(args, "none", job.seed, args.steps),
+                                    args, job.seed, work, "before", True)
+        return {"job": dataclasses.asdict(job), "at": {str(args.steps): _as_data(rates)}, "shares": shares,
+                "seconds": round(time.monotonic() - started)}
+    label = f"{job.run.replace(' + ', '_')}_{job.seed}"
+    if job.kind == "two":
+        result = _train(models, _WORKER["pair_sets"]["train"], _config(args, job.run, job.seed, args.steps), work,
+                        f"pair_{label}")
+        state = applied(models, *checkpoint_state(result.run, args.steps))
+        rates = two_concept_scores(state, args, job.seed, job.run.replace(" + ", "_"), keep)
+        return {"job": dataclasses.asdict(job), "at": {str(args.steps): _as_data(rates)},
+                "seconds": round(time.monotonic() - started)}
+    lengths = sweep_lengths(args) if job.run in names(args.sweep_runs) else [args.steps]
+    result = _train(models, _WORKER["sets"]["train"],
+                    _config(args, job.run, job.seed, max(lengths), int(np.gcd.reduce(lengths))), work, label)
+    out: dict[str, Any] = {"job": dataclasses.asdict(job), "at": {}}
+    for length in lengths:
+        state = applied(models, *checkpoint_state(result.run, length))
+        if length == args.steps:
+            rates, out["shares"] = full_scores(state, _WORKER["sets"], _config(args, job.run, job.seed, args.steps),
+                                               args, job.seed, work, job.run.replace(" + ", "_"), keep)
+        else:
+            rates, _ = picture_rates(state, TOKEN_PROMPT, args.images, job.seed)
+        out["at"][str(length)] = _as_data(rates)
+    out["seconds"] = round(time.monotonic() - started)
     return out
+
+
+def _word_shares_job(args: argparse.Namespace) -> dict[str, float]:
+    return dataclasses.asdict(pretrained_word_shares(_WORKER["models"]))
+
+
+def sweep_lengths(args: argparse.Namespace) -> list[int]:
+    return sorted({int(s) for s in names(args.lengths)} | {args.steps})
+
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """The longest jobs first, so the workers finish together."""
+    seeds = [int(s) for s in names(args.seeds)]
+    jobs = [Job("one", run, seed) for seed in seeds for run in names(args.runs) if run in names(args.sweep_runs)]
+    jobs += [Job("two", run, seed) for seed in seeds for run in names(args.two_concept_runs)]
+    jobs += [Job("one", run, seed) for seed in seeds for run in names(args.runs) if run not in names(args.sweep_runs)]
+    return [Job("before", "", seeds[0]), *jobs]
+
+
+def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Every job, on `args.workers` processes (in this process when 1)."""
+    jobs = plan(args)
+    if args.workers <= 1:
+        _start_worker(args)
+        results = []
+        for job in jobs:
+            results.append(run_job(job))
+            _report(results[-1])
+        return results, _word_shares_job(args)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.workers, initializer=_start_worker, initargs=(args,)) as pool:
+        words = pool.apply_async(_word_shares_job, (args,))
+        results = []
+        for result in pool.imap_unordered(run_job, jobs):
+            results.append(result)
+            _report(result)
+        return results, words.get()
+
+
+def _report(result: dict[str, Any]) -> None:
+    job = result["job"]
+    for length, rates in result["at"].items():
+        shown = ", ".join(f"{k} {Rate(v['successes'], v['pictures'])}" for k, v in list(rates.items())[:3])
+        print(f"  {job['kind']} {job['run'] or 'untrained'} seed {job['seed']} at {length} steps: {shown}", flush=True)
+    print(f"    ({result['seconds']} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.monotonic()
-    checkpoint, models, _ = load_world(args.data)
-    words = pretrained_word_shares(models)
-    print(f"pretrained words on {WORD_SCENES} new scenes: share inside their object: colour words "
-          f"{words.color:.3f}, shape words {words.shape:.3f}; chance (object area) {words.chance:.3f}; "
-          f"{words.ratio():.1f}x chance")
+    checkpoint = _prepare_checkpoint()
     seeds = [int(s) for s in names(args.seeds)]
-    runs, sweep_runs, two_runs = names(args.runs), set(names(args.sweep_runs)), names(args.two_concept_runs)
-    lengths = sorted({int(s) for s in names(args.lengths)} | {args.steps})
-    prior = args.class_images > 0
-    classes = class_images(models, [PAIR.new_shape, PAIR.distractor_shape], args.class_images)
-    if classes:
-        save_grid(args.out / "class_images.png", [(v[:16].numpy() * 255).round().astype(np.uint8)
-                                                  for v in classes.values()])
-    sets = load_sets(args.data, classes)
-    work = Path(tempfile.mkdtemp(prefix="tl_shapes_world_"))
-    print(f"world model {checkpoint.name}; {sets['train'].num_images} training photos, "
-          f"{sets['held-out'].num_images} held-out scenes; seeds {seeds}; recipe: {args.steps} steps "
-          f"(sweep {lengths}), lr {args.learning_rate}, {args.class_images} class images per concept")
-
-    def config(run: str, seed: int, steps: int, every: int = 0) -> Any:
-        guidance, region = RUNS[run]
-        if run not in ("none", "soft", "hard"):
-            region = args.masked_region
-        return train_config(guidance, seed, steps, args.learning_rate, denoise_region=region, prior=prior,
-                            checkpoint_every=every)
-
-    base = applied(models, None, None)
-    before_rates, before_shares = _timed("before", lambda: full_scores(
-        base, sets, config("none", seeds[0], args.steps), args, seeds[0], work, "before", True))
+    print(f"world model {checkpoint.name}; seeds {seeds}; recipe: {args.steps} steps (sweep "
+          f"{sweep_lengths(args)}), lr {args.learning_rate}, {args.class_images} class images per concept; "
+          f"{args.workers} worker processes", flush=True)
+    results, words = run_all(args)
+    print(f"pretrained words on {WORD_SCENES} new scenes: share inside their object: colour words "
+          f"{words['color']:.3f}, shape words {words['shape']:.3f}; chance (object area) {words['chance']:.3f}; "
+          f"{min(words['color'], words['shape']) / words['chance']:.1f}x chance")
+    before = next(r for r in results if r["job"]["kind"] == "before")
+    before_rates, before_shares = _from_data(before["at"][str(args.steps)]), before["shares"]
     sweep: dict[str, dict[int, list[dict[str, Rate]]]] = {}
     primary: dict[str, list[dict[str, Rate]]] = {}
     shares: dict[str, list[dict[str, float]]] = {}
-    for seed in seeds:
-        for run in runs:
-            steps = max(lengths) if run in sweep_runs else args.steps
-            every = int(np.gcd.reduce(lengths)) if run in sweep_runs else steps
-            result = _timed(f"seed {seed} {run}: train {steps} steps",
-                            lambda run=run, steps=steps, every=every: _train(
-                                models, sets["train"], config(run, seed, steps, every), work,
-                                f"{run.replace(' + ', '_')}_{seed}"))
-            for length in (lengths if run in sweep_runs else [steps]):
-                state = applied(models, *checkpoint_state(result.run, length))
-                if length == args.steps:
-                    rates, got_shares = _timed(f"seed {seed} {run} at {length}: score", lambda state=state, run=run: full_scores(
-                        state, sets, config(run, seed, args.steps), args, seed, work,
-                        run.replace(" + ", "_"), seed == seeds[0]))
-                    primary.setdefault(run, []).append(rates)
-                    shares.setdefault(run, []).append(got_shares)
-                else:
-                    rates, _ = picture_rates(state, TOKEN_PROMPT, args.images, seed)
-                if run in sweep_runs:
-                    sweep.setdefault(run, {}).setdefault(length, []).append(rates)
-                print(f"    {run} {length} steps: fidelity {rates['fidelity']}, leakage {rates['leakage']}, "
-                      f"green floor {rates['green floor']}", flush=True)
-
     two: dict[str, list[dict[str, Rate]]] = {}
-    if two_runs:
-        pair_sets = load_sets(args.data, classes, two_concepts=True)
-        for seed in seeds:
-            for run in two_runs:
-                result = _timed(f"seed {seed} two concepts {run}: train", lambda run=run: _train(
-                    models, pair_sets["train"], config(run, seed, args.steps), work, f"pair_{run.replace(' + ', '_')}_{seed}"))
-                state = applied(models, *checkpoint_state(result.run, args.steps))
-                two.setdefault(run, []).append(two_concept_scores(state, args, seed, run.replace(" + ", "_"),
-                                                                  seed == seeds[0]))
-
+    for result in sorted(results, key=lambda r: r["job"]["seed"]):
+        job = result["job"]
+        if job["kind"] == "two":
+            two.setdefault(job["run"], []).append(_from_data(result["at"][str(args.steps)]))
+        elif job["kind"] == "one":
+            primary.setdefault(job["run"], []).append(_from_data(result["at"][str(args.steps)]))
+            shares.setdefault(job["run"], []).append(result["shares"])
+            if job["run"] in names(args.sweep_runs):
+                for length, rates in result["at"].items():
+                    sweep.setdefault(job["run"], {}).setdefault(int(length), []).append(_from_data(rates))
+    order = names(args.runs)
+    primary = {run: primary[run] for run in order if run in primary}
+    shares = {run: shares[run] for run in order if run in shares}
     primary_rates = {run: collect(v) for run, v in primary.items()}
     sweep_rates = {run: {n: collect(v) for n, v in by.items()} for run, by in sweep.items()}
     two_rates = {run: collect(v) for run, v in two.items()}
@@ -474,8 +594,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {k: {"pooled": pooled(v).as_dict(), "per_seed": [r.as_dict() for r in v]} for k, v in rates.items()}
 
     data = {"checkpoint": checkpoint.name, "seeds": seeds, "minutes": round(minutes, 1),
-            "pretrained_words": dataclasses.asdict(words) | {"scenes": WORD_SCENES, "seed": WORD_SEED},
-            "recipe": {"steps": args.steps, "lengths": lengths, "learning_rate": args.learning_rate,
+            "pretrained_words": words | {"scenes": WORD_SCENES, "seed": WORD_SEED},
+            "recipe": {"steps": args.steps, "lengths": sweep_lengths(args), "learning_rate": args.learning_rate,
                        "class_images": args.class_images, "masked_region": args.masked_region},
             "tables": {"sweep": sweep_table, "primary": primary_table, "localisation": share_table,
                        "two_concepts": two_table, "targets": target_table},
@@ -483,10 +603,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sweep": {run: {str(n): as_data(v) for n, v in by.items()} for run, by in sweep_rates.items()},
             "primary": {run: as_data(v) for run, v in primary_rates.items()}, "shares": shares,
             "two_concepts": {run: as_data(v) for run, v in two_rates.items()}, "targets": verdicts,
+            "job_seconds": {f"{r['job']['kind']} {r['job']['run']} {r['job']['seed']}": r["seconds"] for r in results},
             "sampling": {"steps": world.WORLD_SAMPLE_STEPS, "cfg": world.WORLD_SAMPLE_CFG,
                          "sampler": world.WORLD_SAMPLER, "scheduler": world.WORLD_SCHEDULER,
                          "images": args.images, "context_images": args.context_images}}
-    return write_world_result(args, data, config("hard", 0, args.steps))
+    return write_world_result(args, data, _config(args, "hard", 0, args.steps))
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ LEGENDS = {
     "runs": ("own / other: the learned token's share of attention inside its object's mask / inside the "
              "other object's mask, on the training photos, before and after training; loss start / end: "
              "mean total loss of the first / last 10 steps."),
-    "guidance_compare": ("Pictures from the same prompt and seed after training without and with guidance. "
-                         "fidelity: share showing the trained object; leakage: share showing the other object "
-                         "of the training photos."),
+    "guidance_compare": ("Pictures from the same prompt and seed after training without and with guidance, "
+                         "read by the world's object rules (shapes_world/judge.py). fidelity: share showing the "
+                         "trained object in its colour and shape; leakage: share showing the other object of the "
+                         "training photos; green floor: share on a green floor (no training photo has one); "
+                         "collapsed: share where object colours cover the picture. Each rate with its 90 % "
+                         "Wilson interval: one seed; bench/shapes_world.py has three seeds and 64 pictures each."),
     "evaluation": ("clip_i / clip_t: CLIP image and text similarity (random-weight CLIP in the demo: it only "
                    "shows that scoring runs); kid: kernel inception distance; attention inside / iou: the "
                    "token's attention on its object."),

@@ -22,7 +22,7 @@ from textloc.config import (
 TRAIN_NODE = "TL_TrainKV"
 OPTIONS_NODE = "TL_TrainingOptions"
 OPTIONS_TYPE = "TL_TRAIN_OPTIONS"
-DEFAULTS = TrainConfig()  # the value of each option the first layout did not have (lora_rank, embedding_name, denoise_region)
+DEFAULTS = TrainConfig()  # the value of each option the first layout did not have (the options added since)
 OPTIONS_NODE_SIZE = (340, 560)
 
 

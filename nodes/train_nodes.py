@@ -231,6 +231,11 @@ class TrainingOptions(io.ComfyNode):
                     "pixel a masked object that is no concept touches (the masks of the dataset's other "
                     "mask folders): those objects are never asked for. concepts only (Break-A-Scene): only "
                     "the concepts' masks; the background is not asked for either.")),
+                io.Boolean.Input("prior_empty_prompt", default=DEFAULTS.prior_empty_prompt, optional=True, tooltip=(
+                    "Also train the class images with the empty prompt. The sampler's cfg pushes each picture "
+                    "away from the empty prompt's prediction, and the K/V deltas change that prediction too: "
+                    "unheld, its drift comes back multiplied by cfg in every picture. Needs class images. "
+                    "Off: the paper (only the class word holds the prior).")),
             ],
             outputs=[TLOptions.Output(display_name="options", tooltip=(
                 "Connect to the options input of Train Textual Localization (K/V)."))],

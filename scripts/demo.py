@@ -36,7 +36,7 @@ from headless.paths import WORKFLOWS_DIR  # noqa: E402
 from headless.runner import copy_output_tree, prepare_server  # noqa: E402
 from headless.server import ComfyServer, WorkflowError, output_images  # noqa: E402
 from headless.workflow import load_workflow, to_api_prompt  # noqa: E402
-from headless.world_settings import apply_world_settings  # noqa: E402
+from headless.world_settings import apply_demo_batches, apply_world_settings  # noqa: E402
 from shapes_world.judge import rates  # noqa: E402
 from shapes_world.model import ensure_world_checkpoint  # noqa: E402
 from shapes_world.training_sets import PAIR  # noqa: E402
@@ -56,7 +56,8 @@ DEMO_WORKFLOWS: dict[str, str] = {
     "tl_before_after_attention.json": ("Where embedding:tl_ball attends before training (strengths 0) and "
                                        "after, on a new picture and on the training photos."),
     "tl_guidance_compare.json": ("The same training without guidance (Custom Diffusion) and with hard guidance, "
-                                 "then the same prompt and seed through each result."),
+                                 "with class-prior images the model draws in the graph, then 32 pictures from "
+                                 "the same prompt and seed through each result."),
     "tl_two_concepts.json": "Learns the ball and the box together, then generates with both tokens.",
     "tl_evaluate.json": ("Scores pictures made with the trained ball the way the paper does (CLIP-I, CLIP-T, "
                          "KID, the token's attention on its object)."),
@@ -71,15 +72,16 @@ PAGE_INTRO = (
     "Each section below is one example workflow from workflows/, run through a real ComfyUI server; every "
     "picture says what it shows and which node made it. The numbers: where the token attends before and after "
     "training, how often its pictures show the other object (leakage) without and with guidance, the losses "
-    "and the evaluation scores. One seed and a handful of pictures: bench/shapes_world.py measures the same "
-    "over 3 seeds.",
+    "and the evaluation scores. One seed and 32 pictures per run, with 90 % intervals: bench/shapes_world.py "
+    "measures the same over 3 seeds and 64 pictures per run.",
 )
 
 
 def demo_prompt(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
     """The API prompt the demo queues for one workflow file: the files keep the real-model defaults, the
-    demo sets the shapes-world model's sizes, steps and learning rate."""
-    return apply_world_settings(to_api_prompt(workflow, object_info), object_info)
+    demo sets the shapes-world model's sizes, steps and learning rate, and draws 32 class images and
+    32 pictures per generating node."""
+    return apply_demo_batches(apply_world_settings(to_api_prompt(workflow, object_info), object_info))
 
 
 def run_demo_workflow(server: ComfyServer, name: str, writer: PictureWriter,
@@ -183,6 +185,7 @@ SHEETS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
     )),
 )
 LABEL_WIDTH = 140
+SHEET_COLUMNS = 16  # a sheet shows at most this many pictures of a node; the page links them all
 SHEET_CELL = 128
 SHEET_HEADER = 36  # the title band above the rows
 SHEET_TITLE_FONT, SHEET_LABEL_FONT = 18, 15  # the pack's picture font (textloc.evaluation.pictures)
@@ -193,8 +196,8 @@ def write_sheets(pictures: list[DemoPicture], out: Path) -> list[dict[str, str]]
     returns their manifest entries ({file, caption})."""
     written = []
     for file_name, title, rows in SHEETS:
-        cells = [(label, [out / p.file for p in pictures if p.workflow == workflow and p.node_id == node])
-                 for label, workflow, node in rows]
+        cells = [(label, [out / p.file for p in pictures if p.workflow == workflow and p.node_id == node]
+                  [:SHEET_COLUMNS]) for label, workflow, node in rows]
         if not all(paths for _, paths in cells):
             continue
         columns = max(len(paths) for _, paths in cells)
@@ -239,6 +242,9 @@ def _localization(history_file: Path) -> dict[str, Any]:
                                                                   ("inside_other_objects", "other"))}}
 
 
+NEW = (PAIR.new_color, PAIR.new_shape)
+DISTRACTOR = (PAIR.distractor_color, PAIR.distractor_shape)
+RATE_COLUMNS = ("fidelity", "leakage", "green floor", "collapsed")
 EVALUATION_SCORES = ("clip_i", "clip_t", "kid_mean", "kid_std", "attention_inside", "attention_iou")
 
 
@@ -268,15 +274,16 @@ def summarize(output_dir: Path) -> dict[str, Any]:
         files = sorted(output_dir.glob(f"tl_guidance_{mode}_*.png"))
         if files:
             images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-            row = rates(images, PAIR.new_color, PAIR.distractor_color)
-            pictures[mode] = {**row, "pictures": int(row["pictures"])}
+            found = rates(images, NEW, DISTRACTOR)
+            pictures[mode] = {"pictures": len(images),
+                              **{f"{name} [90 % interval]": str(found[name]) for name in RATE_COLUMNS}}
     if pictures:
-        print(f"\nPictures from 'a photo of a <token> ball' (tl_guidance_compare.json): fidelity = shows the "
-              f"{PAIR.new_color} {PAIR.new_shape}, leakage = shows the {PAIR.distractor_color} "
-              f"{PAIR.distractor_shape} of the training photos:")
+        print(f"\nPictures from 'a photo of a <token> ball' (tl_guidance_compare.json), read by the world's object "
+              f"rules: fidelity = shows the {PAIR.new_color} {PAIR.new_shape}, leakage = shows the "
+              f"{PAIR.distractor_color} {PAIR.distractor_shape} of the training photos (rate [90 % Wilson interval]):")
         for mode, row in pictures.items():
-            print(f"  guidance {mode:<5} {row['pictures']:.0f} pictures: fidelity {row['fidelity']:.2f}, "
-                  f"leakage {row['leakage']:.2f}")
+            print(f"  guidance {mode:<5} {row['pictures']} pictures: "
+                  + ", ".join(f"{name} {row[name + ' [90 % interval]']}" for name in RATE_COLUMNS))
     evaluation = {f.stem: _evaluation(f)
                   for f in sorted((output_dir / "textual_localization" / "evaluation").glob("*.json"))}
     if evaluation:
@@ -284,7 +291,7 @@ def summarize(output_dir: Path) -> dict[str, Any]:
               "that scoring runs):")
         for name, row in evaluation.items():
             print(f"  {name:<16} " + ", ".join(f"{key} {value}" for key, value in row.items()))
-    print("(one seed, a handful of pictures: bench/shapes_world.py measures the same over 3 seeds)")
+    print("(one seed and 32 pictures per run: bench/shapes_world.py measures the same over 3 seeds, 64 pictures each)")
     return {"runs": runs, "guidance_compare": pictures, "evaluation": evaluation}
 
 

@@ -48,9 +48,11 @@ TRAINING_NOTE = (
     "- steps 0 = the paper's: 400 per concept (800 for two). A first try: 50-100.\n"
     "- Everything else is on TL Training Options (not connected = the paper's values): learning_rate 0 = "
     "4e-5 for one concept, 6e-5 for two; batch 2 / 3; prior_weight 1 with class images.\n"
+    "- Class images (prior preservation): the base model draws them from the class word (the Class images "
+    "nodes); the paper uses 200 per concept, more hold the model better than the 8 set here.\n"
     "- 8 GB card, SD1.5 at 512 px: keep gradient_checkpointing on auto. SDXL needs about 16 GB.\n"
     "- lora_rank (on TL Training Options): also write a standard LoRA that other UIs read; 16 is a good size.\n"
-    "- The pack's tiny shapes model uses steps 100 and learning_rate 3e-4 at 64 px instead.\n"
+    "- The pack's tiny shapes model uses steps 100, learning_rate 3e-4 and 32 class images at 64 px instead.\n"
 )
 SAMPLING_NOTE = (
     "Sampling\n"
@@ -138,14 +140,43 @@ def _show(node_id: int, model: tuple[int, int], clip: tuple[int, int], words: st
                     links, pos=pos, size=(340, 640), title=title)
 
 
-def _ball_set() -> list[NodeSpec]:
-    """Nodes 1-3 of the ball workflows: the world checkpoint, the world's photos at training size, the ball."""
+CLASS_BATCH = 8  # class images per concept in the files (the paper draws 200; the demo draws 32 on the world)
+
+
+def _class_images(first_id: int, word: str, x: float, y: float) -> list[NodeSpec]:
+    """The base model draws the prior images from the class word alone (the paper's recipe):
+    CLIPTextEncode x2 -> EmptyLatentImage -> KSampler -> VAEDecode, ids first_id .. first_id + 4.
+    The VAEDecode (first_id + 4) feeds Mask Target's class_images."""
+    enc, neg, empty, sampler, decode = range(first_id, first_id + 5)
+    return [
+        NodeSpec(enc, "CLIPTextEncode", {"text": word}, {"clip": (1, 1)}, pos=(x, y), size=(320, 100),
+                 title=f"Class prompt: {word}"),
+        NodeSpec(neg, "CLIPTextEncode", {"text": ""}, {"clip": (1, 1)}, pos=(x, y + 140), size=(320, 100),
+                 title="Negative"),
+        NodeSpec(empty, "EmptyLatentImage", {"batch_size": CLASS_BATCH}, pos=(x, y + 280), size=(320, 110)),
+        NodeSpec(sampler, "KSampler", {"seed": 7},
+                 {"model": (1, 0), "positive": (enc, 0), "negative": (neg, 0), "latent_image": (empty, 0)},
+                 pos=(x + 360, y), size=(320, 270), title=f"Class images of '{word}' (prior)"),
+        NodeSpec(decode, "VAEDecode", {}, {"samples": (sampler, 0), "vae": (1, 2)}, pos=(x + 360, y + 310),
+                 size=(220, 50)),
+    ]
+
+
+BALL_CLASS_IMAGES = 30  # ids 30-34: the class images of 'ball' (box: 35-39)
+BOX_CLASS_IMAGES = 35
+
+
+def _ball_set(class_images: bool = False) -> list[NodeSpec]:
+    """Nodes 1-3 of the ball workflows: the world checkpoint, the world's photos at training size, the ball
+    (with class-prior images drawn in the graph when the workflow trains)."""
+    prior = {"class_images": (BALL_CLASS_IMAGES + 4, 0)} if class_images else {}
     return [
         NodeSpec(1, "CheckpointLoaderSimple", {"ckpt_name": CHECKPOINT}, pos=(40, 80), size=(320, 100)),
         NodeSpec(2, "TL_LoadMultiConceptDataset", {"folder": DATASET},
                  pos=(40, 240), size=(340, 170)),
         NodeSpec(3, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
-                 {"dataset": (2, 0)}, pos=(40, 420), size=(320, 300)),
+                 {"dataset": (2, 0), **prior}, pos=(40, 420), size=(320, 300)),
+        *(_class_images(BALL_CLASS_IMAGES, "ball", x=-1140, y=80) if class_images else []),
     ]
 
 
@@ -155,7 +186,7 @@ def guidance_compare() -> list[NodeSpec]:
     none = {**_trainer(4, 3, "tl_demo_none", pos=(420, 80)).widgets, "guidance": "none"}
     prompt_none = "a photo of a embedding:tl_ball ball"
     return [
-        *_ball_set(),
+        *_ball_set(class_images=True),
         NodeSpec(4, "TL_TrainKV", none, {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "dataset": (3, 0)},
                  pos=(420, 80), size=(340, 620), title="Train without guidance (Custom Diffusion)"),
         _trainer(5, 3, "tl_demo_hard", pos=(420, 760)),
@@ -173,7 +204,7 @@ def guidance_compare() -> list[NodeSpec]:
 def train_and_generate() -> list[NodeSpec]:
     """Train tl_ball on the sample photos, apply the result, generate with it and show its attention."""
     return [
-        *_ball_set(),
+        *_ball_set(class_images=True),
         _trainer(4, 3, "tl_demo_ball", pos=(420, 80)),
         NodeSpec(5, "TL_ApplyWeights", {}, {"model": (1, 0), "clip": (1, 1), "tl_result": (4, 2)},
                  pos=(800, 80), size=(320, 170)),
@@ -240,9 +271,10 @@ def two_concepts() -> list[NodeSpec]:
     """Learn the ball and the box together, then generate with both tokens."""
     prompt = "a photo of a embedding:tl_ball ball and a embedding:tl_box box"
     return [
-        *_ball_set(),
+        *_ball_set(class_images=True),
         NodeSpec(4, "TL_MaskTarget", {"mask_index": 2, "token": "tl_box", "class_word": "box"},
-                 {"dataset": (3, 0)}, pos=(40, 760), size=(320, 300)),
+                 {"dataset": (3, 0), "class_images": (BOX_CLASS_IMAGES + 4, 0)}, pos=(40, 760), size=(320, 300)),
+        *_class_images(BOX_CLASS_IMAGES, "box", x=-1140, y=560),
         _trainer(5, 4, "tl_demo_pair", pos=(420, 80)),
         NodeSpec(6, "TL_ApplyWeights", {}, {"model": (1, 0), "clip": (1, 1), "tl_result": (5, 2)},
                  pos=(800, 80), size=(320, 170)),
@@ -268,7 +300,7 @@ def train() -> list[NodeSpec]:
                  title="Class prompt"),
         NodeSpec(3, "CLIPTextEncode", {"text": ""}, {"clip": (1, 1)}, pos=(40, 380), size=(320, 100),
                  title="Negative"),
-        NodeSpec(4, "EmptyLatentImage", {"batch_size": 4}, pos=(40, 520), size=(320, 110)),
+        NodeSpec(4, "EmptyLatentImage", {"batch_size": CLASS_BATCH}, pos=(40, 520), size=(320, 110)),
         NodeSpec(5, "KSampler", {"seed": 7},
                  {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)},
                  pos=(400, 300), size=(320, 270), title="Class images (prior)"),
@@ -311,8 +343,9 @@ def auto_masks() -> list[NodeSpec]:
         NodeSpec(4, "PreviewImage", {}, {"images": (3, 2)}, pos=(420, 580), size=(340, 300),
                  title="Auto masks (ball red, box blue)"),
         NodeSpec(5, "TL_MaskTarget", {"mask_index": 1, "token": "tl_ball", "class_word": "ball"},
-                 {"dataset": (2, 0), "mask": (3, 0)}, pos=(800, 80), size=(320, 340),
-                 title="Mask Target (mask_index 1 = ball)"),
+                 {"dataset": (2, 0), "mask": (3, 0), "class_images": (BALL_CLASS_IMAGES + 4, 0)},
+                 pos=(800, 80), size=(320, 340), title="Mask Target (mask_index 1 = ball)"),
+        *_class_images(BALL_CLASS_IMAGES, "ball", x=-1140, y=80),
         _trainer(6, 5, "tl_demo_auto_ball", pos=(1160, 80)),
         NodeSpec(7, "PreviewImage", {}, {"images": (6, 4)}, pos=(1540, 80), size=(320, 300),
                  title="Attention | auto mask"),

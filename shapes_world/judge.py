@@ -39,11 +39,11 @@ MIN_OBJECT_SHARE = 0.018
 MAX_OBJECT_SHARE = 0.4  # the world's largest object covers 21 % of the picture; a larger region is a texture
 MIN_ASPECT = 0.6  # shorter / longer side of the bounding box: a streak is no object
 MIN_FILL = 0.62  # a smear fills little of its bounding box (a disc fills pi/4 = 0.785 of it)
-# Ball or box: a box fills more of its bounding box than a disc (1 vs 0.785) and its outline's distance
-# from the centre varies more (corners: r to r*sqrt(2), spread ~0.1; a disc ~0.03). Drawn boxes come
-# rounded, tilted or sheared, so neither alone tells them apart; on 48 pictures each of the untrained
-# model's twelve single-object prompts, fill + 1.25 x spread >= 0.9625 called 95 % of balls and of
-# boxes right (axis fill alone: 80 % of boxes at 97 % of balls).
+# Ball or box: a box fills more of its bounding rectangle than a disc (1 vs 0.785) and its outline's
+# distance from the centre varies more (corners: r to r*sqrt(2), spread ~0.1; a disc ~0.03). Drawn boxes
+# come rounded, tilted or sheared, so neither alone tells them apart: on 48 pictures each of the untrained
+# model's twelve single-object prompts, fill + 1.25 x spread >= 0.9625 called 95 % of the largest regions
+# of ball prompts and of box prompts right (fill alone: 80 % of boxes at 97 % of balls).
 SQUARENESS_SPREAD_WEIGHT = 1.25
 BOX_SQUARENESS = 0.9625
 MIN_FLOOR_SHARE = 0.35  # a picture whose object colours leave less than this of it is no scene

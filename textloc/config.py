@@ -60,6 +60,9 @@ class TrainConfig:
     lora_rank: int = 0  # also write the K/V deltas as a standard LoRA of this rank; 0: none
     embedding_name: EmbeddingName = EMBEDDING_PER_RUN
     denoise_region: str = "whole photo"  # where the instance loss looks: see losses.denoise_weights
+    # Also train the class images with the empty prompt: the unconditional prediction classifier-free
+    # guidance subtracts is then held where it was (the K/V deltas reach the empty prompt too).
+    prior_empty_prompt: bool = False
 
     def resolved(self, num_concepts: int, with_prior: bool, resolution: int) -> TrainConfig:
         """Fill every "0 = auto" field with the authors' value for this many concepts."""
@@ -112,7 +115,8 @@ TRAIN_NODE_WIDGETS: tuple[str, ...] = ("guidance", "steps", "output_name", "resu
 TRAINING_OPTIONS_WIDGETS: tuple[str, ...] = (
     "attention_weight", "learning_rate", "batch_size", "prior_weight", "seed", "checkpoint_every", "precision",
     "gradient_checkpointing", "train_token", "train_q", "prompt", "concept_phrase", "weight_decay", "grad_clip",
-    "preview_every", "attention_size", "lora_rank", "embedding_name", "denoise_region")
+    "preview_every", "attention_size", "lora_rank", "embedding_name", "denoise_region",
+    "prior_empty_prompt")
 LEGACY_TRAIN_NODE_WIDGETS: tuple[str, ...] = (
     "guidance", "attention_weight", "steps", "learning_rate", "batch_size", "prior_weight", "seed",
     "checkpoint_every", "output_name", "resume", "precision", "gradient_checkpointing", "train_token", "train_q",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import re
 import shutil
@@ -226,11 +227,18 @@ def test_show_token_attention_finds_the_learned_object_after_training(
 
 
 def test_two_concepts_workflow_applies_both_tokens(comfy_server: ComfyServer, workflow_prompt) -> None:
+    """Both concepts train together, each with its own mask and its own class images, and both tokens apply."""
     prompt = workflow_prompt("tl_two_concepts.json")
     prompt["5"]["inputs"]["steps"] = 2  # the graph, not the training quality, is under test here
     result = comfy_server.run(prompt, timeout=600)
     (trigger,) = result.outputs["7"]["text"]
     assert re.fullmatch(r"embedding:(tl_demo_pair(_\d+)?)/tl_ball ball and embedding:\1/tl_box box", trigger), trigger
+    run = re.match(r"embedding:([^/]+)/", trigger).group(1)
+    record = json.loads((comfy_server.output_dir / "textual_localization" / run / "loss_history.json").read_text())
+    meta = record["metadata"]
+    assert json.loads(meta["tokens"]) == ["tl_ball", "tl_box"] and json.loads(meta["class_words"]) == ["ball", "box"]
+    assert meta["prompt"] == "photo of a tl_ball ball and a tl_box box" and float(meta["prior_weight"]) == 1.0
+    assert all(h["prior"] > 0 and h["attention"] > 0 for h in record["history"])  # both concepts' losses ran
     assert len(_images(comfy_server, result, "13")) == 1
     assert len(_images(comfy_server, result, "14")) == 2  # 1 image x 2 tokens
 

@@ -131,7 +131,7 @@ def train_prompt(from_loader: bool = False, target: dict | None = None, old_layo
         "checkpoint_every": 0, "precision": "auto", "gradient_checkpointing": "auto", "train_token": True,
         "train_q": False, "prompt": "photo of {concepts}", "concept_phrase": "a {token} {class}",
         "weight_decay": 0.01, "grad_clip": 1.0, "preview_every": 0, "attention_size": 0, "lora_rank": 0,
-        "embedding_name": "run/token", "denoise_region": "whole photo"}
+        "embedding_name": "run/token", "denoise_region": "whole photo", "prior_empty_prompt": False}
     for name, value in settings.items():
         (train if name in train else options)[name] = value
     train = {k: v for k, v in {**train, **(old_layout or {})}.items() if v is not None}  # None: input left out

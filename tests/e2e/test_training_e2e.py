@@ -94,6 +94,28 @@ def test_training_workflow_writes_results_and_leaves_the_base_model_unchanged(
     assert np.array_equal(before, after), "the cached base model changed during training"
 
 
+def test_masked_loss_and_empty_prompt_prior_reach_the_trainer_and_its_files(
+        comfy_server: ComfyServer, workflow_prompt) -> None:
+    """TL Training Options' denoise_region and prior_empty_prompt, set in the graph, change what the run
+    learns (the same seed with and without them gives other losses) and are recorded in every file."""
+    losses = {}
+    for name, options in (("e2e_paper", {}),
+                          ("e2e_masked", {"denoise_region": "concepts and background", "prior_empty_prompt": True})):
+        prompt, _ = _train_prompt(workflow_prompt, name, steps=2, checkpoint_every=2, **options)
+        comfy_server.run(prompt, timeout=900)
+        out = comfy_server.output_dir
+        for path in (out / "loras" / "textual_localization" / f"{name}.safetensors",
+                     out / "embeddings" / name / "tl_ball.safetensors"):
+            with safe_open(path, "pt") as f:
+                meta = f.metadata()
+            assert meta["denoise_region"] == options.get("denoise_region", "whole photo"), path
+            assert json.loads(meta["prior_empty_prompt"]) is options.get("prior_empty_prompt", False), path
+        history = json.loads((out / "textual_localization" / name / "loss_history.json").read_text())["history"]
+        losses[name] = [(h["denoise"], h["prior"]) for h in history]
+    paper, masked = losses["e2e_paper"], losses["e2e_masked"]
+    assert all(p[0] != m[0] and p[1] != m[1] for p, m in zip(paper, masked, strict=True)), (paper, masked)
+
+
 def test_stock_lora_loader_on_the_saved_file_equals_the_trained_model(
         comfy_server: ComfyServer, workflow_prompt) -> None:
     prompt, trainer = _train_prompt(workflow_prompt, "e2e_stock")

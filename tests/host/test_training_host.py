@@ -227,3 +227,31 @@ def test_lora_rank_also_writes_a_low_rank_lora_of_the_same_deltas(loaded, tmp_pa
             error = (up @ down - delta.float()).norm() / delta.float().norm()
             assert error < 1.0  # rank 4 keeps part of the delta; the unit tests check the SVD's exact error
     assert len(keys) == 3 * len(result.kv_deltas)
+
+
+def test_gradient_checkpointing_reruns_the_unets_layers_and_learns_the_same(loaded, tmp_path: Path) -> None:
+    """ComfyUI's UNet calls each block's layers one by one (forward_timestep_embed), never the block's own
+    forward: checkpointing must wrap those layers. With it, every training step runs them a second time
+    (the recompute during backward) and the run learns exactly what a run without it learns."""
+    res_block = loaded[0].model.diffusion_model.output_blocks[0][0]  # gradients pass it on the way to attn2
+    calls = {"count": 0}
+
+    def count(*_: object) -> None:
+        calls["count"] += 1
+
+    hook = res_block.in_layers.register_forward_hook(count)
+    dataset = _dataset([("tl_ball", "ball", 1)], prior=True)
+    results, counts = {}, {}
+    try:
+        for mode in ("off", "on"):
+            calls["count"] = 0
+            results[mode] = _train(loaded, tmp_path, dataset, name=f"gc_{mode}", steps=2, gradient_checkpointing=mode)
+            counts[mode] = calls["count"]
+    finally:
+        hook.remove()
+    assert counts["on"] - counts["off"] == 2  # one recompute per training step; no-grad passes are never wrapped
+    assert [h["total"] for h in results["on"].loss_history] == pytest.approx(
+        [h["total"] for h in results["off"].loss_history], rel=1e-5)
+    for key, delta in results["off"].kv_deltas.items():
+        torch.testing.assert_close(results["on"].kv_deltas[key], delta, rtol=0, atol=1e-3)  # fp16 files
+    assert not any("forward" in layer.__dict__ for layer in loaded[0].model.diffusion_model.modules())

@@ -211,6 +211,24 @@ def test_keep_graph_lets_the_map_loss_reach_q_and_k() -> None:
     assert v.grad is None
 
 
+def test_the_start_tokens_key_and_value_pass_no_gradient_in_training_only() -> None:
+    """The authors detach the start-of-text token's K and V (method notes §2.9): it is the same in every
+    prompt, so a gradient through it would move what every prompt draws. The output is unchanged."""
+    q, k, v = qkv(grad=True)
+    frozen = AttentionRecorder(CaptureSpec(torch.tensor([[1]]), first_rows(2), None, True, frozen_keys=1))
+    plain = recorder([[1]], keep_graph=True)
+    out = frozen.patch(KEY)(q, k, v, extra())
+    torch.testing.assert_close(out, plain.patch(KEY)(q, k, v, extra()))
+    (out.square().sum() + frozen.records()[0].maps.sum()).backward()
+    assert k.grad[:, 0].abs().sum() == 0 and v.grad[:, 0].abs().sum() == 0
+    assert k.grad[:, 1:].abs().sum() > 0 and v.grad[:, 1:].abs().sum() > 0
+    # every call is covered, captured or not (an uncaptured resolution takes the SDPA path)
+    q2, k2, v2 = qkv(grad=True, seed=3)
+    uncaptured = AttentionRecorder(CaptureSpec(torch.tensor([[1]]), first_rows(2), {99}, True, frozen_keys=1))
+    uncaptured.patch(KEY)(q2, k2, v2, extra()).square().sum().backward()
+    assert uncaptured.records() == [] and k2.grad[:, 0].abs().sum() == 0 and k2.grad[:, 1:].abs().sum() > 0
+
+
 def test_without_keep_graph_maps_are_detached_but_output_still_differentiable() -> None:
     q, k, v = qkv(grad=True)
     rec = AttentionRecorder(CaptureSpec(torch.tensor([[1]]), first_rows(2), None, False, "cpu"))

@@ -112,7 +112,8 @@ def demo(tmp_path: Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     (run / "checkpoints" / "checkpoint-10" / "preview.png").write_bytes(_png("orange"))
     summary = {"runs": {"tl_demo_hard": {"guidance": "hard", "loss start": 1.5, "loss end": 0.25,
                                          "before own": 0.219, "after own": 0.576}},
-               "guidance_compare": {"hard": {"pictures": 8, "fidelity": 1.0, "leakage": 0.25}},
+               "guidance_compare": {"hard": {"pictures": 32, "fidelity [90 % interval]": "0.91 [0.79, 0.96]",
+                                             "leakage [90 % interval]": "0.25 [0.14, 0.40]"}},
                "evaluation": {"tl_demo_ball": {"pictures": 4, "clip_i": 0.308}}}
     manifest = {"title": "Demo <title>", "intro": ["What the demo shows & why."], "overviews": [],
                 "workflows": [{"name": "tl_first.json", "about": "Trains <the> ball.", "runs": ["tl_demo_hard"],
@@ -190,7 +191,8 @@ def test_page_shows_every_picture_with_its_caption(demo: tuple[Path, dict, dict]
     assert "the same picture as tl_first.json node 8 'Save Image'" in captions
     expected = {p["file"] for p in manifest["pictures"]} | {p["file"] for p in manifest["run_pictures"]["tl_demo_hard"]}
     assert set(reader.sources) == expected
-    for number in ("1.500", "0.250", "0.576", "0.308", "leakage"):
+    for number in ("1.500", "0.250", "0.576", "0.308", "leakage [90 % interval]", "0.25 [0.14, 0.40]",
+                   "90 % Wilson interval"):
         assert number in page
 
 

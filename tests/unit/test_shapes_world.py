@@ -198,3 +198,20 @@ def test_weight_packing_round_trips_within_int8_precision() -> None:
     row_max = state["conv.weight"].abs().flatten(1).amax(1).reshape(-1, 1, 1, 1)
     assert ((restored["conv.weight"] - state["conv.weight"]).abs() <= row_max / 127 * 0.51 + 1e-3).all()
     assert torch.allclose(restored["norm.bias"], state["norm.bias"], atol=1e-2)
+
+
+def test_the_drift_measures_count_green_floors_and_prompts_that_keep_their_floor() -> None:
+    """Drift, as the benchmark reads it: the share of pictures on a green floor, and whether a prompt
+    without the token still gets the object and floor it names (a red ball; a blue box on a brown floor)."""
+    def scene(floor: str, color: str, shape: str) -> np.ndarray:
+        picture = _floor(floor)
+        obj = random_scene(np.random.default_rng(1), colors={color: ALL_COLORS[color]}, count=1, shapes=(shape,))
+        return render(type(obj)(floor=floor, objects=obj.objects), 64)[0]
+
+    pictures = [scene("green", "red", "ball"), scene("grey", "red", "ball"), scene("blue", "red", "box"),
+                scene("brown", "blue", "box")]
+    red_ball = judge.rates(pictures, NEW, DISTRACTOR, judge.Wanted(objects=(("red", "ball"),)))
+    assert (red_ball["green floor"].successes, red_ball["follows"].successes) == (1, 2)
+    on_brown = judge.rates(pictures, NEW, DISTRACTOR, judge.Wanted(objects=(("blue", "box"),), floor="brown"))
+    assert on_brown["follows"].successes == 1 and on_brown["follows"].count == 4
+    assert on_brown["leakage"].successes == 0 and on_brown["collapsed"].successes == 0

@@ -31,7 +31,8 @@ from textloc.config import (
 FIXTURES = sorted((REPO_ROOT / "tests" / "fixtures" / "first_layout_workflows").glob("*.json"))
 LAYOUT_JS = REPO_ROOT / "web" / "js" / "train_node_layout.js"
 # The options added after the first layout, at the defaults an old file's new options node gets.
-NOT_IN_FIRST_LAYOUT = {"lora_rank": 0, "embedding_name": "run/token", "denoise_region": "whole photo"}
+NOT_IN_FIRST_LAYOUT = {"lora_rank": 0, "embedding_name": "run/token", "denoise_region": "whole photo",
+                       "prior_empty_prompt": False}
 
 
 def _load(path: Path) -> dict:

@@ -294,3 +294,17 @@ def test_an_expert_setting_on_the_training_node_goes_to_its_options() -> None:
     assert prompt["9"]["inputs"]["steps"] == 50
     apply_overrides(prompt, ["9.seed=7"], TRAIN_INFO)  # the linked node is reused
     assert len(prompt) == 2 and prompt[options_id]["inputs"]["seed"] == 7
+
+
+def test_the_demo_draws_enough_class_images_and_pictures_to_read_a_rate() -> None:
+    from headless.world_settings import WORLD_DEMO_PICTURES, apply_demo_batches
+
+    prompt = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 8}},
+              "2": {"class_type": "EmptyLatentImage", "inputs": {"batch_size": 64}},
+              "3": {"class_type": "EmptyLatentImage", "inputs": {"batch_size": ["9", 0]}},
+              "4": {"class_type": "KSampler", "inputs": {"steps": 20}}}
+    apply_demo_batches(prompt)
+    assert prompt["1"]["inputs"]["batch_size"] == WORLD_DEMO_PICTURES == 32
+    assert prompt["2"]["inputs"]["batch_size"] == 64  # never fewer than the file asks for
+    assert prompt["3"]["inputs"]["batch_size"] == ["9", 0]  # a link is left alone
+    assert prompt["4"]["inputs"] == {"steps": 20}

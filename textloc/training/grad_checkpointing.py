@@ -1,8 +1,10 @@
-"""Activation checkpointing of the UNet's blocks for the duration of training.
+"""Activation checkpointing of the UNet's layers for the duration of training.
 
-Each input/middle/output block's forward is re-run during backward instead of keeping its
-activations, trading about a third more compute for a large cut in memory. Attention maps are
-taken from the first forward only (the recorder ignores the re-runs).
+Each layer of the input/middle/output blocks (res blocks, transformers, up/downsamplers) is re-run
+during backward instead of keeping its activations, trading about a third more compute for a large
+cut in memory. ComfyUI's UNet calls these layers one by one (`forward_timestep_embed`), never the
+blocks' own forward, so the layers are what gets wrapped, as ComfyUI's own trainer does. Attention
+maps are taken from the first forward only (the recorder ignores the re-runs).
 """
 
 from __future__ import annotations
@@ -28,27 +30,43 @@ def unet_blocks(diffusion_model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
+def checkpointed_layers(diffusion_model: nn.Module) -> list[nn.Module]:
+    """The modules ComfyUI's UNet calls one by one: each block's layers (a block that is no sequence: itself)."""
+    layers: list[nn.Module] = []
+    for block in unet_blocks(diffusion_model):
+        layers.extend(block.children() if isinstance(block, nn.Sequential) else [block])
+    return layers
+
+
+def _snapshot(value: Any) -> Any:
+    """ComfyUI passes one transformer_options dict through the whole UNet and moves its "block" entry
+    on as it goes: a layer re-run during backward must see the entries of its first run."""
+    return dict(value) if isinstance(value, dict) else value
+
+
 def _checkpointed(forward: Any, *args: Any, **kwargs: Any) -> Any:
     if not torch.is_grad_enabled():
         return forward(*args, **kwargs)
+    args = tuple(_snapshot(a) for a in args)
+    kwargs = {k: _snapshot(v) for k, v in kwargs.items()}
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 @contextmanager
 def gradient_checkpointing(diffusion_model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Wrap the blocks' forwards (instance attributes only; the classes are not touched)."""
+    """Wrap the layers' forwards (instance attributes only; the classes are not touched)."""
     if not enabled:
         yield
         return
-    blocks = unet_blocks(diffusion_model)
-    previous = [block.__dict__.get("forward") for block in blocks]
-    for block in blocks:
-        block.forward = partial(_checkpointed, block.forward)
+    layers = checkpointed_layers(diffusion_model)
+    previous = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        layer.forward = partial(_checkpointed, layer.forward)
     try:
         yield
     finally:
-        for block, forward in zip(blocks, previous, strict=True):
+        for layer, forward in zip(layers, previous, strict=True):
             if forward is None:
-                del block.forward
+                del layer.forward
             else:
-                block.forward = forward
+                layer.forward = forward

@@ -226,6 +226,8 @@ class _Trainer:
         # Mask Target has already fitted the class images to the dataset resolution.
         self.class_latents = [_encode_images(job.vae, c.class_images).to(self.device)
                               for c in self.concepts] if self.with_prior else []
+        if self.class_latents and cfg.prior_empty_prompt:  # one more group: every class image, empty prompt
+            self.class_latents.append(torch.cat(self.class_latents))
         self.targets = [prepare_target_mask(c.masks, cfg.attention_size).to(self.device) for c in self.concepts]
         self.denoise_weights = denoise_weights(
             torch.stack([c.masks for c in self.concepts], dim=1), job.dataset.folder_masks.transpose(0, 1),
@@ -284,12 +286,13 @@ class _Trainer:
         return None if adm is None else adm.to(self.device, torch.float32)
 
     def class_conditions(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """(cond, adm vector or None) of each concept's class word, the prior images' prompt."""
+        """(cond, adm vector or None) of each group of class images: each concept's class word, the
+        prior images' prompt, then the empty prompt when `prior_empty_prompt` is on."""
+        prompts = [c.class_word for c in self.concepts] + ([""] if self.config.prior_empty_prompt else [])
         conds = []
         with torch.no_grad():
-            for c in self.concepts:
-                cond, pooled = self.job.clip.encode_from_tokens(self.job.clip.tokenize(c.class_word),
-                                                                return_pooled=True)
+            for text in prompts:
+                cond, pooled = self.job.clip.encode_from_tokens(self.job.clip.tokenize(text), return_pooled=True)
                 conds.append((cond.to(self.device, torch.float32).clone(), self._adm(pooled)))
         return conds
 
@@ -421,6 +424,7 @@ class _Trainer:
             base_model_prediction=host.model_prediction(self.job.model),
             dataset=self.job.dataset.name, pack_version=__version__, attention_resolutions=self.resolutions,
             token_positions=self.token_positions, denoise_region=cfg.denoise_region,
+            prior_empty_prompt=cfg.prior_empty_prompt and self.with_prior,
             **({"localization": localization} if localization else {}),
         )
 

@@ -15,7 +15,7 @@ const TRAIN_NODE_WIDGETS = ["guidance", "steps", "output_name", "resume"];
 const TRAINING_OPTIONS_WIDGETS = [
   "attention_weight", "learning_rate", "batch_size", "prior_weight", "seed", "checkpoint_every", "precision",
   "gradient_checkpointing", "train_token", "train_q", "prompt", "concept_phrase", "weight_decay", "grad_clip",
-  "preview_every", "attention_size", "lora_rank", "embedding_name", "denoise_region",
+  "preview_every", "attention_size", "lora_rank", "embedding_name", "denoise_region", "prior_empty_prompt",
 ];
 const LEGACY_TRAIN_NODE_WIDGETS = [
   "guidance", "attention_weight", "steps", "learning_rate", "batch_size", "prior_weight", "seed",
@@ -23,7 +23,9 @@ const LEGACY_TRAIN_NODE_WIDGETS = [
   "prompt", "concept_phrase", "weight_decay", "grad_clip", "preview_every", "attention_size",
 ];
 // The options the first layout did not have, at their defaults (textloc/config.py's TrainConfig).
-const OPTIONS_NOT_IN_FIRST_LAYOUT = { lora_rank: 0, embedding_name: "run/token", denoise_region: "whole photo" };
+const OPTIONS_NOT_IN_FIRST_LAYOUT = {
+  lora_rank: 0, embedding_name: "run/token", denoise_region: "whole photo", prior_empty_prompt: false,
+};
 const OPTIONS_NODE_SIZE = [340, 560];
 
 // Saved links are arrays [id, origin_id, origin_slot, target_id, target_slot, type] in the 0.4 format
