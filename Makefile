@@ -39,7 +39,8 @@ lint: setup
 bench: setup
 	$(PY) bench/run_all.py
 
-# The paper in miniature on the shapes world (none / soft / hard, 3 seeds; about 20 min on 2 cores).
+# The paper in miniature on the shapes world (none / soft / hard / masked loss, two concepts, 3 seeds;
+# about 32 min on 2 cores).
 bench-world: setup
 	$(PY) bench/shapes_world.py
 

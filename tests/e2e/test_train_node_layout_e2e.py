@@ -91,15 +91,20 @@ def test_old_file_old_prompt_and_new_layout_train_the_same(comfy_server: ComfySe
             assert got == pytest.approx(want, rel=1e-6), f"{name} trained differently: {history} vs {reference}"
 
 
-def test_options_saved_before_embedding_name_existed_load_with_its_default(object_info: dict) -> None:
-    """A TL Training Options node saved with one widget value fewer (before `embedding_name`) keeps every value
-    and gets run/token, the way runs were named then; an API prompt without the input runs with it too."""
+ADDED_SINCE_RELEASE = {"embedding_name": "run/token", "denoise_region": "whole photo", "prior_empty_prompt": False}
+
+
+def test_options_saved_before_the_newer_inputs_existed_load_with_their_defaults(object_info: dict) -> None:
+    """A TL Training Options node saved with the widget values of the released layout (before `embedding_name`,
+    `denoise_region` and `prior_empty_prompt`) keeps every value and gets each newer input's default, the
+    paper's recipe and run/token; an API prompt without those inputs runs with them too."""
     workflow = load_workflow(WORKFLOWS_DIR / "tl_train.json")
     (options,) = [n for n in workflow["nodes"] if n["type"] == "TL_TrainingOptions"]
-    assert options["widgets_values"][-1] == "run/token"
-    options["widgets_values"] = options["widgets_values"][:-1]
+    assert options["widgets_values"][-len(ADDED_SINCE_RELEASE):] == list(ADDED_SINCE_RELEASE.values())
+    options["widgets_values"] = options["widgets_values"][:-len(ADDED_SINCE_RELEASE)]
     current = to_api_prompt(load_workflow(WORKFLOWS_DIR / "tl_train.json"), object_info)
     older = to_api_prompt(workflow, object_info)
     assert older[str(options["id"])]["inputs"] == current[str(options["id"])]["inputs"]
-    assert older[str(options["id"])]["inputs"]["embedding_name"] == "run/token"
-    assert "embedding_name" in object_info["TL_TrainingOptions"]["input"]["optional"]  # old API prompts lack it
+    for name, default in ADDED_SINCE_RELEASE.items():
+        assert older[str(options["id"])]["inputs"][name] == default
+        assert name in object_info["TL_TrainingOptions"]["input"]["optional"]  # old API prompts lack it

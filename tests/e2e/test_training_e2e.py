@@ -143,6 +143,15 @@ def _train_for_trigger(server: ComfyServer, workflow_prompt, name: str, **inputs
     return trigger
 
 
+def _assert_same_picture(stock: np.ndarray, applied: np.ndarray) -> None:
+    """The same model and token drawn through two paths. ComfyUI patches a model's weights in place or on
+    the fly depending on the memory free at the time, and the two round differently, so a pixel may move
+    by a few levels (seen: at most 5 of 255, 0.3 on average); another token or K/V file moves them by far
+    more."""
+    diff = np.abs(stock.astype(np.int16) - applied.astype(np.int16))
+    assert diff.max() <= 8 and diff.mean() <= 1.0, (int(diff.max()), float(diff.mean()))
+
+
 def _use_run(server: ComfyServer, run: RunFiles, trigger: str) -> tuple[np.ndarray, np.ndarray]:
     """On the base model, typed as the trigger: (stock LoraLoaderModelOnly + the checkpoint's own CLIP,
     Apply TL Weights from the weights list + its CLIP). Show Token Attention on the checkpoint's CLIP in
@@ -182,7 +191,7 @@ def test_two_runs_of_one_token_keep_their_own_files_and_both_stay_usable(
 
     pictures = {guidance: _use_run(comfy_server, run, triggers[guidance]) for guidance, run in runs.items()}
     for stock, applied in pictures.values():
-        assert np.array_equal(stock, applied)  # the file the prompt names = the token Apply loads for the run
+        _assert_same_picture(stock, applied)  # the file the prompt names = the token Apply loads for the run
     assert not np.array_equal(pictures["none"][1], pictures["hard"][1])
     assert "does not exist" not in comfy_server.log_tail(10_000_000)[log_start:]  # no embedding: name was missed
 
@@ -204,7 +213,7 @@ def test_overwrite_choice_types_the_token_alone_and_replaces_only_its_shared_fil
     assert torch.equal(load_embedding(RunFiles("e2e_shared_a", out).embedding_path("tl_ball"))[0]["clip_l"],
                        own["e2e_shared_a"])
     stock, applied = _use_run(comfy_server, RunFiles("e2e_shared_b", out), trigger)
-    assert np.array_equal(stock, applied)
+    _assert_same_picture(stock, applied)
 
 
 def test_cancel_mid_run_keeps_the_last_checkpoint_valid(comfy_server: ComfyServer, workflow_prompt) -> None:
